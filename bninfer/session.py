@@ -1,0 +1,186 @@
+"""InferenceSession: a drop-in for onnxruntime's. Load -> optimize -> plan -> run."""
+from __future__ import annotations
+
+import enum
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import passes
+from .errors import InputError, InputTypeError
+from .ir import Graph
+from .plan import Plan
+
+
+class GraphOptimizationLevel(enum.IntEnum):
+    ORT_DISABLE_ALL = 0
+    ORT_ENABLE_BASIC = 1
+    ORT_ENABLE_EXTENDED = 2
+    ORT_ENABLE_ALL = 99
+
+
+class ExecutionMode(enum.IntEnum):
+    ORT_SEQUENTIAL = 0
+    ORT_PARALLEL = 1
+
+
+class SessionOptions:
+    """The onnxruntime SessionOptions fields that bninfer honours (others are accepted and ignored)."""
+
+    def __init__(self) -> None:
+        self.intra_op_num_threads: int = 0
+        self.inter_op_num_threads: int = 0
+        self.graph_optimization_level: GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.optimized_model_filepath: str = ""
+        self.enable_profiling: bool = False
+        self.profile_file_prefix: str = "bninfer_profile"
+        self.log_severity_level: int = 2
+        self.execution_mode: ExecutionMode = ExecutionMode.ORT_SEQUENTIAL
+
+
+class RunOptions:
+    def __init__(self) -> None:
+        self.log_severity_level = 2
+        self.run_tag = ""
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """What get_inputs()/get_outputs() return, as in onnxruntime."""
+
+    name: str
+    shape: list
+    type: str
+
+
+_TYPE_NAMES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float16): "tensor(float16)",
+               np.dtype(np.float64): "tensor(double)", np.dtype(np.int64): "tensor(int64)",
+               np.dtype(np.int32): "tensor(int32)", np.dtype(np.int8): "tensor(int8)",
+               np.dtype(np.uint8): "tensor(uint8)", np.dtype(np.bool_): "tensor(bool)"}
+
+_MAX_PLANS = 8  # plans kept for distinct input shapes (dynamic batch)
+
+
+class InferenceSession:
+    """Run an ONNX model (path, bytes or onnx.ModelProto) on the CPU with bninfer's kernels."""
+
+    def __init__(self, path_or_bytes: Any, sess_options: SessionOptions | None = None,
+                 providers: Sequence | None = None, provider_options: Sequence | None = None,
+                 **kwargs: Any) -> None:
+        from converters import import_model
+
+        self._options = sess_options or SessionOptions()
+        self._source = path_or_bytes
+        self._graph: Graph = import_model(path_or_bytes)
+        self._plans: OrderedDict[tuple, Plan] = OrderedDict()
+        self._reports: dict[tuple, passes.Report] = {}
+        self._lock = threading.Lock()
+        # Plan now when every input shape is known, so that errors surface at load time; a dynamic
+        # dimension is bound (to 1) for the check and re-bound on the first run.
+        self._plan_for(self._default_shapes())
+
+    # -- metadata --------------------------------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return [self._arg(n) for n in self._graph.inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [self._arg(n) for n in self._graph.outputs]
+
+    def get_providers(self) -> list[str]:
+        return ["CPUExecutionProvider"]
+
+    def get_session_options(self) -> SessionOptions:
+        return self._options
+
+    def _arg(self, name: str) -> NodeArg:
+        v = self._graph.values[name]
+        shape = list(v.shape) if v.shape is not None else None
+        return NodeArg(name, shape, _TYPE_NAMES.get(np.dtype(v.dtype) if v.dtype is not None else None,
+                                                    f"tensor({v.dtype})"))
+
+    # -- planning --------------------------------------------------------------------------------
+    def _default_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(d if isinstance(d, int) else 1 for d in self._graph.values[n].shape)
+                for n in self._graph.inputs}
+
+    def _plan_for(self, shapes: dict[str, tuple[int, ...]]) -> Plan:
+        key = tuple(shapes[n] for n in self._graph.inputs)
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+            graph, report = passes.optimize(self._graph, shapes, self._options.graph_optimization_level)
+            plan = Plan(graph)
+            self._plans[key] = plan
+            self._reports[key] = report
+            if len(self._plans) > _MAX_PLANS:
+                old, _ = self._plans.popitem(last=False)
+                self._reports.pop(old, None)
+            return plan
+
+    def optimization_report(self) -> "passes.Report":
+        """What the optimizer did to the graph planned most recently (BN folds, fusions, counts)."""
+        key = next(reversed(self._plans))
+        return self._reports[key]
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
+            run_options: RunOptions | None = None) -> list[np.ndarray]:
+        feeds = self._check_feeds(input_feed)
+        plan = self._plan_for({n: feeds[n].shape for n in self._graph.inputs})
+        results = plan.run(feeds)
+        if output_names is None:
+            return results
+        if isinstance(output_names, str):
+            raise InputTypeError("output_names must be a list of names or None, not a string")
+        index = {n: i for i, n in enumerate(self._graph.outputs)}
+        missing = [n for n in output_names if n not in index]
+        if missing:
+            raise InputError(f"unknown output name(s) {missing}; the model's outputs are "
+                             f"{self._graph.outputs}")
+        return [results[index[n]] for n in output_names]
+
+    def _check_feeds(self, input_feed: dict[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(input_feed, dict):
+            raise InputTypeError(f"input_feed must be a dict of input name -> numpy array, "
+                                 f"not {type(input_feed).__name__}")
+        expected = self._graph.inputs
+        unknown = [n for n in input_feed if n not in expected]
+        if unknown:
+            raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {expected}")
+        missing = [n for n in expected if n not in input_feed]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model's inputs are {expected}")
+        feeds = {}
+        for name in expected:
+            array = input_feed[name]
+            if not isinstance(array, np.ndarray):
+                raise InputTypeError(f"input {name!r} must be a numpy array, not {type(array).__name__}")
+            value = self._graph.values[name]
+            if array.dtype != value.dtype:
+                raise InputTypeError(f"input {name!r} has dtype {array.dtype}; expected {value.dtype} "
+                                     f"({_TYPE_NAMES.get(np.dtype(value.dtype), value.dtype)})")
+            if array.ndim != len(value.shape):
+                raise InputError(f"input {name!r} has rank {array.ndim} (shape {array.shape}); "
+                                 f"expected rank {len(value.shape)} (shape {list(value.shape)})")
+            for axis, (got, want) in enumerate(zip(array.shape, value.shape)):
+                if isinstance(want, int) and got != want:
+                    raise InputError(f"input {name!r} has shape {array.shape}; expected "
+                                     f"{list(value.shape)} (dimension {axis} must be {want})")
+                if not isinstance(want, int) and got == 0:
+                    raise InputError(f"input {name!r}: dynamic dimension {axis} ({want!r}) is 0")
+            feeds[name] = array
+        return feeds
+
+    # -- profiling (onnxruntime API) -------------------------------------------------------------
+    def end_profiling(self) -> str:
+        return ""
+
+
+def _is_path(source: Any) -> bool:
+    return isinstance(source, (str, os.PathLike))
