@@ -25,13 +25,19 @@ from .. import activations
 from ..errors import ModelError
 from ..ir import Node
 
+# How many inputs each fusable op owns (optional ones included): extras come after these.
+OWN_INPUTS = {"Conv": 3, "ConvTranspose": 3, "Gemm": 3, "MatMul": 2, "BatchNormalization": 5}
+
 EXTRA_KEYS = ("residual", "post_scale", "post_shift", "pre_scale", "pre_shift", "slope", "pre_slope")
 
 
-def add_extra(node: Node, key: str, value_name: str, base_inputs: int) -> None:
+def add_extra(node: Node, key: str, value_name: str, base_inputs: int | None = None) -> None:
     """Attach value `value_name` to `node` as its extra input `key` (`base_inputs`: the op's own input
-    count, padded with omitted inputs so that extras never shift an optional input)."""
+    count, padded with omitted inputs so that extras never shift an optional input; by default
+    OWN_INPUTS of the op)."""
     assert key in EXTRA_KEYS
+    if base_inputs is None:
+        base_inputs = OWN_INPUTS[node.op]
     extras = dict(node.attrs.get("extras", {}))
     if key in extras:
         node.inputs[extras[key]] = value_name

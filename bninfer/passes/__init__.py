@@ -5,13 +5,18 @@ Each pass is a function `graph -> None` (rewriting in place) that records what i
 from __future__ import annotations
 
 from ..ir import Graph
-from . import constant_fold, eliminate
+from . import (constant_fold, eliminate, fold_batchnorm, fuse_activation, fuse_affine, fuse_patterns,
+               fuse_residual)
 from .report import Report
 
-# Run in this order at ORT_ENABLE_BASIC and above. Folding BN into weights comes before activation
-# fusion (a Conv->BN->Relu chain becomes Conv->Relu, then one fused Conv).
+# Run in this order at ORT_ENABLE_BASIC and above:
 PIPELINE = [
-    eliminate.run,
+    eliminate.run,        # Identity, Dropout
+    fuse_patterns.run,    # x*Sigmoid(x) -> Swish, Erf/Tanh forms -> Gelu, ... (so they can fuse below)
+    fold_batchnorm.run,   # Conv/ConvTranspose/Gemm/MatMul -> BN: into the weights
+    fuse_residual.run,    # Conv + Add: before activations, as the epilogue adds it first
+    fuse_activation.run,  # producer + activation (also into a BN that could not fold)
+    fuse_affine.run,      # remaining BNs: epilogue after an activation, or prologue of the next convs
 ]
 
 
