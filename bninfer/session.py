@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import passes
+from . import passes, serialize
 from .errors import InputError, InputTypeError
 from .ir import Graph
 from .plan import Plan
@@ -71,17 +71,24 @@ class InferenceSession:
     def __init__(self, path_or_bytes: Any, sess_options: SessionOptions | None = None,
                  providers: Sequence | None = None, provider_options: Sequence | None = None,
                  **kwargs: Any) -> None:
-        from converters import import_model
-
         self._options = sess_options or SessionOptions()
-        self._source = path_or_bytes
-        self._graph: Graph = import_model(path_or_bytes)
         self._plans: OrderedDict[tuple, Plan] = OrderedDict()
         self._reports: dict[tuple, passes.Report] = {}
         self._lock = threading.Lock()
+        self._prebuilt_report: passes.Report | None = None
+        if serialize.is_bninfer(path_or_bytes):
+            # An already optimized graph, specialised to its input shapes.
+            self._graph, self._prebuilt_report = serialize.load(path_or_bytes)
+            self._prebuilt = True
+        else:
+            from converters import import_model
+            self._graph = import_model(path_or_bytes)
+            self._prebuilt = False
         # Plan now when every input shape is known, so that errors surface at load time; a dynamic
         # dimension is bound (to 1) for the check and re-bound on the first run.
         self._plan_for(self._default_shapes())
+        if self._options.optimized_model_filepath:
+            self.save_optimized(self._options.optimized_model_filepath)
 
     # -- metadata --------------------------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -114,7 +121,11 @@ class InferenceSession:
             if plan is not None:
                 self._plans.move_to_end(key)
                 return plan
-            graph, report = passes.optimize(self._graph, shapes, self._options.graph_optimization_level)
+            if self._prebuilt:
+                graph = passes.constant_fold.run(passes.constant_fold.bind_inputs(self._graph, shapes))
+                report = self._prebuilt_report or passes.Report()
+            else:
+                graph, report = passes.optimize(self._graph, shapes, self._options.graph_optimization_level)
             plan = Plan(graph)
             self._plans[key] = plan
             self._reports[key] = report
@@ -123,10 +134,37 @@ class InferenceSession:
                 self._reports.pop(old, None)
             return plan
 
-    def optimization_report(self) -> "passes.Report":
-        """What the optimizer did to the graph planned most recently (BN folds, fusions, counts)."""
+    def optimization_report(self, measure: bool = False) -> "passes.Report":
+        """What the optimizer did to the graph planned most recently (BN folds, fusions, node counts).
+        With measure=True it also runs the unoptimized graph on a seeded random input and records the
+        largest absolute deviation of the outputs (report.max_deviation)."""
         key = next(reversed(self._plans))
-        return self._reports[key]
+        report = self._reports[key]
+        if measure and report.max_deviation is None and not self._prebuilt:
+            shapes = dict(zip(self._graph.inputs, key))
+            rng = np.random.default_rng(0)
+            feeds = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in self._graph.inputs}
+            plain, _ = passes.optimize(self._graph, shapes, GraphOptimizationLevel.ORT_DISABLE_ALL)
+            ours = self._plans[key].run(feeds)
+            theirs = Plan(plain).run(feeds)
+            report.max_deviation = max((float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+                                        for a, b in zip(ours, theirs)), default=0.0)
+        return report
+
+    def optimized_graph(self) -> Graph:
+        """The optimized graph planned most recently (bound to its input shapes)."""
+        return self._plans[next(reversed(self._plans))].graph
+
+    def save_optimized(self, path: str) -> None:
+        """Write the optimized graph: standard ONNX for a .onnx path (fusions written back as standard
+        ops, BN folds kept), else the .bninfer format."""
+        graph = self.optimized_graph()
+        if str(path).endswith(".onnx"):
+            import onnx
+            from converters.onnx.export import to_onnx
+            onnx.save(to_onnx(graph), path)
+        else:
+            serialize.save(graph, self.optimization_report(), path)
 
     # -- running ---------------------------------------------------------------------------------
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
