@@ -61,8 +61,10 @@ def _check(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
-        raise ModelError(f"the model does not pass the ONNX checker: {first}") from None
+        # The checker's message spans lines (the offending node follows the sentence): keep it whole but
+        # on one line, and short.
+        text = " ".join(str(e).replace("==> Context:", "").split())[:500] or "invalid model"
+        raise ModelError(f"the model does not pass the ONNX checker: {text}") from None
 
 
 def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
