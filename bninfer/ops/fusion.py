@@ -28,7 +28,7 @@ from ..ir import Node
 # How many inputs each fusable op owns (optional ones included): extras come after these.
 OWN_INPUTS = {"Conv": 3, "ConvTranspose": 3, "Gemm": 3, "MatMul": 2, "BatchNormalization": 5}
 
-EXTRA_KEYS = ("residual", "post_scale", "post_shift", "pre_scale", "pre_shift", "slope", "pre_slope")
+EXTRA_KEYS = ("bias", "residual", "post_scale", "post_shift", "pre_scale", "pre_shift", "slope", "pre_slope")
 
 
 def add_extra(node: Node, key: str, value_name: str, base_inputs: int | None = None) -> None:
@@ -82,7 +82,7 @@ def stage(node: Node, spec, channels: int, slope: np.ndarray | None, where: str)
         if s.size not in (1, channels):
             raise ModelError(f"node {node.name!r}: fused PRelu slope has {s.size} values for {channels} "
                              f"channels")
-        return Stage(code, np.ascontiguousarray(np.broadcast_to(s, (channels,)), np.float32), 0.0)
+        return Stage(code, np.array(np.broadcast_to(s, (channels,)), np.float32), 0.0)
     return Stage(code, np.full(channels, alpha, np.float32), beta)
 
 
@@ -93,7 +93,8 @@ def channel_vector(node: Node, data, channels: int, what: str, fill: float) -> n
     v = np.asarray(data, np.float32).reshape(-1)
     if v.size not in (1, channels):
         raise ModelError(f"node {node.name!r}: {what} has {v.size} values for {channels} channels")
-    return np.ascontiguousarray(np.broadcast_to(v, (channels,)), np.float32)
+    # A writeable copy: Numba compiles separate versions for read-only arrays.
+    return np.array(np.broadcast_to(v, (channels,)), np.float32)
 
 
 @dataclass
@@ -127,7 +128,7 @@ def epilogue(node: Node, ins: list, channels: int) -> Epilogue:
     return Epilogue(
         act=stage(node, node.attrs.get("activation"), channels, _const(ins, extra(node, "slope")), "epilogue"),
         residual=extra(node, "residual"),
-        has_post=scale_pos is not None,
+        has_post=scale_pos is not None or shift_pos is not None,
         post_scale=channel_vector(node, _const(ins, scale_pos), channels, "post scale", 1.0),
         post_shift=channel_vector(node, _const(ins, shift_pos), channels, "post shift", 0.0),
     )
@@ -137,7 +138,7 @@ def prologue(node: Node, ins: list, channels: int) -> Prologue:
     scale_pos, shift_pos = extra(node, "pre_scale"), extra(node, "pre_shift")
     spec = node.attrs.get("pre_activation")
     return Prologue(
-        has_pre=scale_pos is not None or spec is not None,
+        has_pre=scale_pos is not None or shift_pos is not None or spec is not None,
         act=stage(node, spec, channels, _const(ins, extra(node, "pre_slope")), "prologue"),
         scale=channel_vector(node, _const(ins, scale_pos), channels, "pre scale", 1.0),
         shift=channel_vector(node, _const(ins, shift_pos), channels, "pre shift", 0.0),

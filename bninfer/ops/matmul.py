@@ -1,1 +1,296 @@
-"""(being written)"""
+"""Gemm and MatMul: a BLAS product into the preallocated output, then the fused epilogue in one pass.
+
+The output feature axis is the last one: a fused epilogue (bninfer.ops.fusion) has one value per output
+column. Gemm's C becomes the epilogue's bias when it is a per-column vector; any other C is added as a
+full (M, N) term. Constant weights are transposed, scaled by alpha and made contiguous once, here at
+build time. Besides the extras of fusion.EXTRA_KEYS a node may carry a constant "bias" extra (length N
+or 1), added to Gemm's C.
+
+Float32 is what runs; on constants of any other dtype (constant folding of integer MatMul/Gemm) the
+product is computed by numpy in that dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError, UnsupportedOperatorError
+from ..kernels import gemm as K
+from . import broadcast_shapes, fusion, register, require_float32
+
+
+def _fail(node, message: str):
+    raise ModelError(f"node {node.name!r} ({node.op}): {message}")
+
+
+def _own(node, ins: list) -> list:
+    """The op's own inputs (fusion extras removed), padded with None for omitted optional ones."""
+    n = fusion.base_inputs(node)
+    own = list(ins[:n])
+    return own + [None] * (3 - len(own))
+
+
+# -- shapes -------------------------------------------------------------------------------------------
+
+def _gemm_dims(node, ins) -> tuple[int, int, int]:
+    a, b, _ = _own(node, ins)[:3]
+    if a is None or b is None:
+        _fail(node, "needs inputs A and B")
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        _fail(node, f"A and B must be 2-D, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    ta, tb = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
+    m, k = (a.shape[1], a.shape[0]) if ta else tuple(a.shape)
+    k2, n = (b.shape[1], b.shape[0]) if tb else tuple(b.shape)
+    if k != k2:
+        _fail(node, f"inner dimensions differ: A {tuple(a.shape)} (transA={ta}) gives K={k}, "
+                    f"B {tuple(b.shape)} (transB={tb}) gives K={k2}")
+    return int(m), int(k), int(n)
+
+
+def _c_shape2d(node, c, m: int, n: int) -> tuple[int, int]:
+    """C's shape as 2-D, after checking it broadcasts unidirectionally to (M, N)."""
+    shape = tuple(int(d) for d in c.shape)
+    if len(shape) > 2:
+        _fail(node, f"C has shape {shape}: rank above 2")
+    cm, cn = (1,) * (2 - len(shape)) + shape
+    if cm not in (1, m) or cn not in (1, n):
+        _fail(node, f"C of shape {shape} does not broadcast to the output shape {(m, n)}")
+    return cm, cn
+
+
+def _gemm_infer(node, ins):
+    m, _, n = _gemm_dims(node, ins)
+    c = _own(node, ins)[2]
+    if c is not None:
+        _c_shape2d(node, c, m, n)
+    return [((m, n), ins[0].dtype)]
+
+
+def _matmul_dims(node, ins) -> tuple[tuple, int, int, int, tuple]:
+    """(batch shape, M, K, N, output shape) of numpy's matmul rules."""
+    a, b = _own(node, ins)[:2]
+    if a is None or b is None:
+        _fail(node, "needs inputs A and B")
+    sa, sb = tuple(int(d) for d in a.shape), tuple(int(d) for d in b.shape)
+    if not sa or not sb:
+        _fail(node, f"operands must have rank 1 or more, got shapes {sa} and {sb}")
+    a2 = sa if len(sa) >= 2 else (1,) + sa
+    b2 = sb if len(sb) >= 2 else sb + (1,)
+    if a2[-1] != b2[-2]:
+        _fail(node, f"inner dimensions differ: A {sa} has K={a2[-1]}, B {sb} has K={b2[-2]}")
+    try:
+        batch = tuple(int(d) for d in np.broadcast_shapes(a2[:-2], b2[:-2]))
+    except ValueError:
+        _fail(node, f"batch dimensions of A {sa} and B {sb} do not broadcast")
+    out = batch + ((a2[-2],) if len(sa) >= 2 else ()) + ((b2[-1],) if len(sb) >= 2 else ())
+    return batch, a2[-2], a2[-1], b2[-1], out
+
+
+def _matmul_infer(node, ins):
+    return [(_matmul_dims(node, ins)[4], ins[0].dtype)]
+
+
+# -- the epilogue -----------------------------------------------------------------------------------
+
+def _const_f32(v) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(v.data, dtype=np.float32))
+
+
+def _rw(a) -> np.ndarray:
+    """A writeable contiguous float32 copy: Numba types read-only arrays (constants, broadcast_to views)
+    apart from writeable ones, and each mix of the two would compile the kernel once more."""
+    return np.array(a, dtype=np.float32, order="C", copy=True)
+
+
+def _make_epilogue(node, ins, out_shape: tuple, channels: int, bias: np.ndarray | None,
+                   full: np.ndarray | None, runtime_bias: int | None, pre_adds: list):
+    """The in-place finish after the product, or None when there is nothing to do.
+
+    bias: constant per-column vector (length `channels`) or None; full: a constant (M, N)-shaped term or
+    None; runtime_bias: input position of a run-time per-column vector (contiguous, length channels);
+    pre_adds: functions (i, y) -> None applied first (run-time or broadcasting terms)."""
+    if node.attrs.get("pre_activation") or any(fusion.extra(node, k) is not None
+                                               for k in ("pre_scale", "pre_shift", "pre_slope")):
+        raise UnsupportedOperatorError(f"node {node.name!r} ({node.op}): a fused prologue is not supported "
+                                       f"on {node.op}", [node.name])
+    pos = fusion.extra(node, "bias")
+    if pos is not None:
+        v = ins[pos]
+        if v is None or v.data is None:
+            _fail(node, "the fused bias must be a constant")
+        extra_bias = fusion.channel_vector(node, v.data, channels, "bias", 0.0)
+        bias = extra_bias if bias is None else (bias + extra_bias).astype(np.float32)
+    pre_adds = list(pre_adds)
+    if bias is not None and runtime_bias is not None:  # both a constant and a run-time vector
+        p_rb = runtime_bias
+        pre_adds.append(lambda i, y: np.add(y, i[p_rb].reshape(-1), out=y))
+        runtime_bias = None
+    ep = fusion.epilogue(node, ins, channels)
+    has_post = (fusion.extra(node, "post_scale") is not None or fusion.extra(node, "post_shift") is not None)
+    size = int(np.prod(out_shape, dtype=np.int64))
+    rows = size // channels if channels else 0
+
+    res_pos, res_const = ep.residual, None
+    if res_pos is not None:
+        rv = ins[res_pos]
+        rshape = tuple(int(d) for d in rv.shape)
+        if broadcast_shapes(node, rshape, out_shape) != tuple(out_shape):
+            _fail(node, f"fused residual of shape {rshape} does not broadcast to the output {out_shape}")
+        if rv.data is not None:
+            res_const = np.ascontiguousarray(np.broadcast_to(np.asarray(rv.data, np.float32), out_shape))
+            res_pos = None
+        elif rshape != tuple(out_shape):
+            p = res_pos
+            pre_adds.append(lambda i, y: np.add(y, i[p].reshape(rshape), out=y))
+            res_pos = None
+    # A constant full term shares the kernel's residual slot with a constant residual, else goes first.
+    if full is not None:
+        if res_const is not None:
+            res_const = (res_const + full.reshape(out_shape)).astype(np.float32)
+        elif res_pos is None:
+            res_const = np.ascontiguousarray(full.reshape(-1))
+        else:
+            f = full.reshape(out_shape)
+            pre_adds.append(lambda i, y: np.add(y, f, out=y))
+    if res_const is not None:
+        res_const = np.ascontiguousarray(res_const.reshape(-1))
+
+    has_bias = bias is not None or runtime_bias is not None
+    has_res = res_pos is not None or res_const is not None
+    code = ep.act.code
+    if not (has_bias or has_res or has_post or code != 0) and not pre_adds:
+        return None
+    bias_c = _rw(bias) if bias is not None else np.zeros(channels, np.float32)
+    if res_const is not None:
+        res_const = _rw(res_const)
+    alpha, beta = _rw(ep.act.alpha), float(ep.act.beta)
+    post_scale, post_shift = _rw(ep.post_scale), _rw(ep.post_shift)
+    kernel = has_bias or has_res or has_post or code != 0
+    rb = runtime_bias
+
+    def finish(i, y):
+        for f in pre_adds:
+            f(i, y)
+        if not kernel or size == 0:
+            return
+        flat = y.reshape(-1)
+        b = i[rb].reshape(-1) if rb is not None else bias_c
+        r = i[res_pos].reshape(-1) if res_pos is not None else res_const if res_const is not None else flat
+        K.row_epilogue(flat, rows, channels, b, has_bias, r, has_res, code, alpha, beta, has_post,
+                       post_scale, post_shift)
+    return finish
+
+
+def _float_path(node, ins) -> bool:
+    """True when the op runs in float32; False for constant folding in another dtype. Raises
+    UnsupportedOperatorError for a non-float32 tensor at run time."""
+    own = [v for v in _own(node, ins) if v is not None]
+    if all(v.dtype == np.float32 for v in own):
+        return True
+    if all(v.data is not None for v in own) and not node.attrs.get("extras") and \
+            not node.attrs.get("activation"):
+        return False
+    require_float32(node, own)
+    return True
+
+
+# -- Gemm -------------------------------------------------------------------------------------------
+
+@register("Gemm", infer=_gemm_infer)
+def _gemm(node, ins, outs):
+    m, _, n = _gemm_dims(node, ins)
+    a, b, c = _own(node, ins)[:3]
+    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+    ta, tb = bool(node.attrs.get("transA", 0)), bool(node.attrs.get("transB", 0))
+
+    if not _float_path(node, ins):
+        def run_generic(i, o):
+            x, w = (i[0].T if ta else i[0]), (i[1].T if tb else i[1])
+            y = np.matmul(x, w)
+            if alpha != 1.0:
+                y = y * alpha
+            if c is not None and beta != 0.0:
+                y = y + (beta * i[2] if beta != 1.0 else i[2])
+            np.copyto(o[0], y, casting="unsafe")
+        return run_generic
+
+    # Constant operands: transposed, scaled by alpha and made contiguous once.
+    a_c = b_c = None
+    scaled = alpha == 1.0
+    if b.data is not None:
+        w = np.asarray(b.data, np.float32)
+        w = w.T if tb else w
+        b_c = np.ascontiguousarray(w * np.float32(alpha) if not scaled else w)
+        scaled = True
+    elif a.data is not None:
+        x = np.asarray(a.data, np.float32)
+        x = x.T if ta else x
+        a_c = np.ascontiguousarray(x * np.float32(alpha) if not scaled else x)
+        scaled = True
+
+    bias = full = runtime_bias = None
+    pre_adds = []
+    if c is not None and beta != 0.0:
+        cm, cn = _c_shape2d(node, c, m, n)
+        if c.data is not None:
+            cb = np.asarray(c.data, np.float32).reshape(cm, cn)
+            if beta != 1.0:
+                cb = cb * np.float32(beta)
+            if cm == 1:
+                bias = np.ascontiguousarray(np.broadcast_to(cb.reshape(-1), (n,)), np.float32)
+            else:
+                full = np.ascontiguousarray(np.broadcast_to(cb, (m, n)), np.float32)
+        elif cm == 1 and cn == n and beta == 1.0:
+            runtime_bias = 2
+        else:
+            bt = np.float32(beta)
+            if beta == 1.0:
+                pre_adds.append(lambda i, y: np.add(y, i[2].reshape(cm, cn), out=y))
+            else:
+                pre_adds.append(lambda i, y: np.add(y, i[2].reshape(cm, cn) * bt, out=y))
+    finish = _make_epilogue(node, ins, (m, n), n, bias, full, runtime_bias, pre_adds)
+    alpha32 = np.float32(alpha)
+
+    def run(i, o):
+        x = a_c if a_c is not None else (i[0].T if ta else i[0])
+        w = b_c if b_c is not None else (i[1].T if tb else i[1])
+        y = o[0]
+        np.dot(x, w, out=y)
+        if not scaled:
+            np.multiply(y, alpha32, out=y)
+        if finish is not None:
+            finish(i, y)
+    return run
+
+
+# -- MatMul -----------------------------------------------------------------------------------------
+
+@register("MatMul", infer=_matmul_infer)
+def _matmul(node, ins, outs):
+    _, _, k, n, out_shape = _matmul_dims(node, ins)
+    a, b = _own(node, ins)[:2]
+
+    if not _float_path(node, ins):
+        return lambda i, o: np.copyto(o[0], np.matmul(i[0], i[1]), casting="unsafe")
+
+    b_c = _const_f32(b) if b.data is not None else None
+    a_c = _const_f32(a) if a.data is not None else None
+    channels = n if len(b.shape) >= 2 else 1
+    finish = _make_epilogue(node, ins, out_shape, channels, None, None, None, [])
+
+    if len(b.shape) == 2 and len(a.shape) >= 2:
+        # (..., M, K) @ (K, N): one GEMM over all leading rows.
+        rows = int(np.prod(a.shape[:-1], dtype=np.int64))
+
+        def product(i, y):
+            x = a_c if a_c is not None else i[0]
+            w = b_c if b_c is not None else i[1]
+            np.dot(x.reshape(rows, k), w, out=y.reshape(rows, n))
+    else:
+        def product(i, y):
+            np.matmul(a_c if a_c is not None else i[0], b_c if b_c is not None else i[1], out=y)
+
+    def run(i, o):
+        product(i, o[0])
+        if finish is not None:
+            finish(i, o[0])
+    return run

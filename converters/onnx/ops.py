@@ -88,7 +88,8 @@ def _squeeze(node, opset, ctx):
     return node
 
 
-@upgrade("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare")
+@upgrade("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+         "ReduceLogSum", "ReduceLogSumExp")
 def _reduce(node, opset, ctx):
     if opset < 18:
         _attr_to_input(node, ctx, "axes", 1)
