@@ -1,1 +1,409 @@
-"""(being written)"""
+"""Conv and ConvTranspose (1-D, 2-D, 3-D, float32), with the fused epilogue and prologue of
+bninfer.ops.fusion.
+
+Geometry (output size, pads from auto_pad, validation) is worked out once per node; weights are
+rearranged once at build time when they are constants. The kernels see every convolution as 3-D
+(1-D and 2-D get leading spatial axes of size 1) so that one compiled kernel serves every rank.
+
+Conv paths:
+  * depthwise (one input channel per group, several groups): a direct loop kernel, prologue and
+    epilogue fused;
+  * 1x1, stride 1, unpadded, no prologue: the input is already the column matrix;
+  * otherwise im2col (prologue applied to the gathered elements) and one batched BLAS matmul over
+    (batch, group), then the epilogue in one Numba pass over the output.
+ConvTranspose: one batched matmul to columns (the prologue applied to the input first), then col2im
+(a scatter-add per output plane) with the epilogue fused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import activations
+from ..errors import ModelError, UnsupportedOperatorError
+from ..kernels import conv as K
+from . import fusion, register, require_float32
+
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+_EMPTY = np.zeros(1, np.float32)  # stands for an absent residual (never read, never written)
+
+
+def _err(node, msg: str) -> ModelError:
+    return ModelError(f"node {node.name!r} ({node.op}): {msg}")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One convolution's sizes, all per spatial axis (nsp = 1, 2 or 3 axes)."""
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    group: int
+    in_spatial: tuple[int, ...]
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...]  # may be negative for ConvTranspose (output_shape, output_padding)
+    pads_end: tuple[int, ...]
+    out_spatial: tuple[int, ...]
+
+    @property
+    def nsp(self) -> int:
+        return len(self.kernel)
+
+    def geom(self, channels: int, read_spatial, write_spatial) -> np.ndarray:
+        """The kernels' int64 geometry vector, spatial axes padded in front to three."""
+        def three(t, fill):
+            return (fill,) * (3 - len(t)) + tuple(t)
+        g = ((self.batch, channels) + three(read_spatial, 1) + three(self.kernel, 1) + three(self.strides, 1)
+             + three(self.dilations, 1) + three(self.pads_begin, 0) + three(write_spatial, 1))
+        assert len(g) == K.GEOM_LEN
+        return np.array(g, np.int64)
+
+
+def _shape_of(node, v, what: str) -> tuple[int, ...]:
+    if v is None:
+        raise _err(node, f"input {what} is missing")
+    if v.shape is None or not all(isinstance(d, (int, np.integer)) for d in v.shape):
+        raise _err(node, f"input {what} ({v.name!r}) has no static shape")
+    return tuple(int(d) for d in v.shape)
+
+
+def _int_list(node, name: str, n: int, default: int) -> tuple[int, ...]:
+    value = node.attrs.get(name)
+    if value is None:
+        return (default,) * n
+    value = tuple(int(v) for v in np.asarray(value).reshape(-1))
+    if len(value) != n:
+        raise _err(node, f"attribute {name} has {len(value)} values for {n} spatial axes")
+    return value
+
+
+def _common(node, ins, transpose: bool):
+    """Ranks, kernel shape, strides, dilations, group: what Conv and ConvTranspose share."""
+    base = ins[:fusion.base_inputs(node)]
+    require_float32(node, base)
+    x = _shape_of(node, ins[0] if ins else None, "X")
+    w = _shape_of(node, ins[1] if len(ins) > 1 else None, "W")
+    if len(x) < 3:
+        raise _err(node, f"input X has shape {x}; expected (N, C, spatial...) with at least one spatial "
+                         f"axis")
+    if len(x) > 5:
+        raise UnsupportedOperatorError(f"node {node.name!r} ({node.op}): {len(x) - 2}-D convolution is not "
+                                       f"supported (1-D, 2-D and 3-D are)", [node.name])
+    if len(w) != len(x):
+        raise _err(node, f"weight shape {w} does not match input rank {len(x)} (input shape {x})")
+    nsp = len(x) - 2
+    kernel = tuple(w[2:])
+    ks = node.attrs.get("kernel_shape")
+    if ks is not None and tuple(int(k) for k in ks) != kernel:
+        raise _err(node, f"kernel_shape {list(ks)} does not match weight shape {w}")
+    if any(k < 1 for k in kernel):
+        raise _err(node, f"weight shape {w} has an empty kernel")
+    strides = _int_list(node, "strides", nsp, 1)
+    dilations = _int_list(node, "dilations", nsp, 1)
+    if any(s < 1 for s in strides):
+        raise _err(node, f"strides {list(strides)} must be positive")
+    if any(d < 1 for d in dilations):
+        raise _err(node, f"dilations {list(dilations)} must be positive")
+    group = int(node.attrs.get("group", 1))
+    if group < 1:
+        raise _err(node, f"group {group} must be positive")
+    c = x[1]
+    if c % group:
+        raise _err(node, f"group {group} does not divide the {c} input channels")
+    if transpose:
+        if w[0] != c:
+            raise _err(node, f"weight shape {w} has {w[0]} input channels; the input has {c}")
+        cout = w[1] * group
+    else:
+        if w[1] * group != c:
+            raise _err(node, f"weight shape {w} has {w[1]} channels per group; input with {c} channels "
+                             f"in {group} groups needs {c // group}")
+        if w[0] % group:
+            raise _err(node, f"group {group} does not divide the {w[0]} output channels of weight {w}")
+        cout = w[0]
+    if cout < 1:
+        raise _err(node, f"weight shape {w} has no output channels")
+    auto_pad = node.attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if auto_pad not in _AUTO_PADS:
+        raise _err(node, f"unknown auto_pad {auto_pad!r}")
+    pads = _int_list(node, "pads", 2 * nsp, 0)
+    if auto_pad == "NOTSET" and any(p < 0 for p in pads):
+        raise _err(node, f"pads {list(pads)} must not be negative")
+    if len(base) > 2 and base[2] is not None:
+        b = _shape_of(node, base[2], "B")
+        if b != (cout,):
+            raise _err(node, f"bias shape {b} does not match the {cout} output channels")
+    return x, w, nsp, kernel, strides, dilations, group, cout, auto_pad, pads
+
+
+def conv_geometry(node, ins) -> Geometry:
+    x, w, nsp, kernel, strides, dilations, group, cout, auto_pad, pads = _common(node, ins, False)
+    begin, end, out = [], [], []
+    for i in range(nsp):
+        size, k, s, d = x[2 + i], kernel[i], strides[i], dilations[i]
+        span = (k - 1) * d + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = -(-size // s)
+            total = max(0, (o - 1) * s + span - size)
+            b = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            pb, pe = b, total - b
+        elif auto_pad == "VALID":
+            pb, pe = 0, 0
+        else:
+            pb, pe = pads[i], pads[nsp + i]
+        padded = size + pb + pe
+        if padded < span:
+            raise _err(node, f"kernel {list(kernel)} (dilations {list(dilations)}) is larger than the padded "
+                             f"input {list(x[2:])} (pads {pb}, {pe}) on spatial axis {i}")
+        begin.append(pb)
+        end.append(pe)
+        out.append((padded - span) // s + 1)
+    return Geometry(x[0], x[1], cout, group, tuple(x[2:]), kernel, strides, dilations, tuple(begin),
+                    tuple(end), tuple(out))
+
+
+def conv_transpose_geometry(node, ins) -> Geometry:
+    x, w, nsp, kernel, strides, dilations, group, cout, auto_pad, pads = _common(node, ins, True)
+    out_pad = _int_list(node, "output_padding", nsp, 0)
+    for i, (op_, s, d) in enumerate(zip(out_pad, strides, dilations)):
+        if op_ < 0 or op_ >= max(s, d):
+            raise _err(node, f"output_padding {list(out_pad)} must be non-negative and less than "
+                             f"max(stride, dilation) on spatial axis {i}")
+    out_shape = node.attrs.get("output_shape")
+    if out_shape is not None:
+        out_shape = [int(v) for v in np.asarray(out_shape).reshape(-1)]
+        if len(out_shape) == nsp + 2:
+            out_shape = out_shape[2:]
+        if len(out_shape) != nsp:
+            raise _err(node, f"output_shape {out_shape} does not have {nsp} spatial sizes")
+        if any(v < 1 for v in out_shape):
+            raise _err(node, f"output_shape {out_shape} must be positive")
+    begin, end, out = [], [], []
+    for i in range(nsp):
+        size, k, s, d = x[2 + i], kernel[i], strides[i], dilations[i]
+        full = s * (size - 1) + out_pad[i] + (k - 1) * d + 1
+        if out_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            if out_shape is not None:
+                total = full - out_shape[i]
+            else:  # as onnxruntime: aim at size * stride, never pad negatively
+                total = max(0, full - size * s)
+            # Python's floor division: a negative total extends the output with zeros at the end.
+            b = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            pb, pe = b, total - b
+        elif auto_pad == "VALID":
+            pb, pe = 0, 0
+        else:
+            pb, pe = pads[i], pads[nsp + i]
+        o = full - pb - pe
+        if o < 1:
+            raise _err(node, f"output size {o} on spatial axis {i} is not positive (input {list(x[2:])}, "
+                             f"kernel {list(kernel)}, pads {pb}, {pe})")
+        begin.append(pb)
+        end.append(pe)
+        out.append(o)
+    return Geometry(x[0], x[1], cout, group, tuple(x[2:]), kernel, strides, dilations, tuple(begin),
+                    tuple(end), tuple(out))
+
+
+def _conv_infer(node, ins):
+    g = conv_geometry(node, ins)
+    return [((g.batch, g.out_channels) + g.out_spatial, np.dtype(np.float32))]
+
+
+def _conv_transpose_infer(node, ins):
+    g = conv_transpose_geometry(node, ins)
+    return [((g.batch, g.out_channels) + g.out_spatial, np.dtype(np.float32))]
+
+
+# -- shared run-time pieces ------------------------------------------------------------------------
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    """A writable C-contiguous flat float32 view (a copy for read-only constants), so that every call
+    of a kernel has the same Numba signature."""
+    if not a.flags.writeable or not a.flags.c_contiguous or a.dtype != np.float32:
+        a = np.array(a, np.float32, order="C")
+    return a.reshape(-1)
+
+
+def _vec(a: np.ndarray) -> np.ndarray:
+    """A per-channel vector as a writable float32 copy (fusion hands out read-only broadcasts; Numba
+    types read-only arrays apart, which would compile every kernel twice)."""
+    return np.array(a, np.float32, order="C").reshape(-1)
+
+
+class _Epilogue:
+    """The fused epilogue of one node, ready for the kernels."""
+
+    def __init__(self, node, ins, out_shape, channels: int):
+        ep = fusion.epilogue(node, ins, channels)
+        self.code = int(ep.act.code)
+        self.alpha = _vec(ep.act.alpha)
+        self.beta = float(ep.act.beta)
+        self.has_post = bool(ep.has_post)
+        self.post_scale, self.post_shift = _vec(ep.post_scale), _vec(ep.post_shift)
+        self.residual = ep.residual
+        self.residual_shape = None
+        if ep.residual is not None:
+            r = ins[ep.residual]
+            if r is None or r.shape is None:
+                raise _err(node, "fused residual input is missing")
+            rshape = tuple(int(d) for d in r.shape)
+            try:
+                if np.broadcast_shapes(rshape, out_shape) != tuple(out_shape):
+                    raise ValueError
+            except ValueError:
+                raise _err(node, f"fused residual of shape {rshape} does not broadcast to the output "
+                                 f"shape {tuple(out_shape)}") from None
+            if rshape != tuple(out_shape):
+                self.residual_shape = tuple(out_shape)
+        self.trivial = self.code == activations.NONE and not self.has_post and self.residual is None
+
+    def residual_array(self, i) -> tuple[np.ndarray, bool]:
+        if self.residual is None:
+            return _EMPTY, False
+        r = i[self.residual]
+        if self.residual_shape is not None:
+            r = np.broadcast_to(r, self.residual_shape)
+        return _flat(r), True
+
+
+class _Prologue:
+    def __init__(self, node, ins, channels: int):
+        pro = fusion.prologue(node, ins, channels)
+        self.has_pre = bool(pro.has_pre)
+        self.code = int(pro.act.code)
+        self.alpha = _vec(pro.act.alpha)
+        self.beta = float(pro.act.beta)
+        self.scale, self.shift = _vec(pro.scale), _vec(pro.shift)
+
+
+def _bias_of(node, ins, base: int, channels: int):
+    """(bias vector or None if it comes at run time, has_bias)."""
+    b = ins[2] if base > 2 else None
+    if b is None:
+        return np.zeros(channels, np.float32), False
+    if b.data is None:
+        return None, True
+    return _vec(fusion.channel_vector(node, b.data, channels, "bias", 0.0)), True
+
+
+def _runtime_bias(i, bias):
+    if bias is not None:
+        return bias
+    return _flat(i[2])
+
+
+# -- Conv --------------------------------------------------------------------------------------------
+
+@register("Conv", infer=_conv_infer)
+def _conv(node, ins, outs):
+    g = conv_geometry(node, ins)
+    base = fusion.base_inputs(node)
+    out_shape = (g.batch, g.out_channels) + g.out_spatial
+    ep = _Epilogue(node, ins, out_shape, g.out_channels)
+    pro = _Prologue(node, ins, g.in_channels)
+    bias, has_bias = _bias_of(node, ins, base, g.out_channels)
+    G, N = g.group, g.batch
+    cin_g, cout_g = g.in_channels // G, g.out_channels // G
+    ksize = int(np.prod(g.kernel))
+    P = int(np.prod(g.out_spatial))
+    geom = g.geom(g.in_channels, g.in_spatial, g.out_spatial)
+    depthwise = cin_g == 1 and G > 1
+    pointwise = (ksize == 1 and all(s == 1 for s in g.strides) and not any(g.pads_begin)
+                 and not any(g.pads_end) and not pro.has_pre)
+    mult = cout_g
+
+    def weights(w):
+        w = np.ascontiguousarray(w, np.float32)
+        if depthwise:
+            return _flat(w)  # (C * mult, k...) flat
+        return np.array(w.reshape(G, cout_g, cin_g * ksize), np.float32, order="C")
+
+    wdata = ins[1].data
+    w_ready = weights(wdata) if wdata is not None else None
+
+    def run(i, o):
+        y = o[0]
+        if y.size == 0:
+            return
+        w = w_ready if w_ready is not None else weights(i[1])
+        b = _runtime_bias(i, bias)
+        x = _flat(i[0])
+        yf = y.reshape(-1)
+        res, has_res = ep.residual_array(i)
+        if depthwise:
+            K.depthwise(x, w, yf, geom, mult, b, pro.has_pre, pro.scale, pro.shift, pro.code, pro.alpha,
+                        pro.beta, res, has_res, ep.code, ep.alpha, ep.beta, ep.has_post, ep.post_scale,
+                        ep.post_shift)
+            return
+        if pointwise:
+            cols = x.reshape(N, G, cin_g, P)
+        else:
+            cols = np.empty(N * g.in_channels * ksize * P, np.float32)
+            K.im2col(x, cols, geom, pro.has_pre, pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            cols = cols.reshape(N, G, cin_g * ksize, P)
+        np.matmul(w, cols, out=y.reshape(N, G, cout_g, P))
+        if has_bias or not ep.trivial:
+            K.epilogue(yf, yf, g.out_channels, P, b, res, has_res, ep.code, ep.alpha, ep.beta, ep.has_post,
+                       ep.post_scale, ep.post_shift)
+    return run
+
+
+# -- ConvTranspose -------------------------------------------------------------------------------------
+
+@register("ConvTranspose", infer=_conv_transpose_infer)
+def _conv_transpose(node, ins, outs):
+    g = conv_transpose_geometry(node, ins)
+    base = fusion.base_inputs(node)
+    out_shape = (g.batch, g.out_channels) + g.out_spatial
+    ep = _Epilogue(node, ins, out_shape, g.out_channels)
+    pro = _Prologue(node, ins, g.in_channels)
+    bias, has_bias = _bias_of(node, ins, base, g.out_channels)
+    G, N = g.group, g.batch
+    cin_g, cout_g = g.in_channels // G, g.out_channels // G
+    ksize = int(np.prod(g.kernel))
+    S = int(np.prod(g.in_spatial))
+    P = int(np.prod(g.out_spatial))
+    # Reads columns over the input's spatial sizes, writes the output's.
+    geom = g.geom(g.out_channels, g.in_spatial, g.out_spatial)
+    # 1x1, stride 1, no padding: the matmul is the output.
+    direct = ksize == 1 and all(s == 1 for s in g.strides) and not any(g.pads_begin) \
+        and not any(g.pads_end) and g.out_spatial == g.in_spatial
+
+    def weights(w):
+        # (Cin, Cout/G, k...) -> per group (Cout/G * k, Cin/G): rows ordered (output channel, tap)
+        w = np.ascontiguousarray(w, np.float32).reshape(G, cin_g, cout_g * ksize)
+        return np.array(w.transpose(0, 2, 1), np.float32, order="C")
+
+    wdata = ins[1].data
+    w_ready = weights(wdata) if wdata is not None else None
+
+    def run(i, o):
+        y = o[0]
+        if y.size == 0:
+            return
+        w = w_ready if w_ready is not None else weights(i[1])
+        b = _runtime_bias(i, bias)
+        x = _flat(i[0])
+        if pro.has_pre:
+            xp = np.empty_like(x)
+            K.prologue(x, xp, N, g.in_channels, S, pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            x = xp
+        yf = y.reshape(-1)
+        res, has_res = ep.residual_array(i)
+        xs = x.reshape(N, G, cin_g, S)
+        if direct:
+            np.matmul(w, xs, out=y.reshape(N, G, cout_g, P))
+            if has_bias or not ep.trivial:
+                K.epilogue(yf, yf, g.out_channels, P, b, res, has_res, ep.code, ep.alpha, ep.beta,
+                           ep.has_post, ep.post_scale, ep.post_shift)
+            return
+        cols = np.empty((N, G, cout_g * ksize, S), np.float32)
+        np.matmul(w, xs, out=cols)
+        K.col2im_epilogue(cols.reshape(-1), yf, geom, b, res, has_res, ep.code, ep.alpha, ep.beta,
+                          ep.has_post, ep.post_scale, ep.post_shift)
+    return run
