@@ -34,8 +34,8 @@ class Builder:
     def conv(self, x: str, cin: int, cout: int, k: int = 3, bias: bool = True, group: int = 1,
              stride: int = 1, pad: int | None = None, dims: int = 2) -> str:
         pad = k // 2 if pad is None else pad
-        w = self.const("W", self.rng.standard_normal((cout, cin // group) + (k,) * dims).astype(np.float32)
-                       / np.sqrt(cin // group * k ** dims))
+        w = self.const("W", (self.rng.standard_normal((cout, cin // group) + (k,) * dims)
+                             / np.sqrt(cin // group * k ** dims)).astype(np.float32))
         ins = [x, w] + ([self.const("B", self.rng.standard_normal(cout).astype(np.float32))] if bias else [])
         return self.node("Conv", ins, pads=[pad] * (2 * dims), strides=[stride] * dims, group=group)
 
@@ -58,14 +58,17 @@ class Builder:
 
 
 def check(model, feeds: dict, rtol: float = 1e-4, atol: float = 1e-4) -> bninfer.InferenceSession:
-    """Optimized bninfer == unoptimized bninfer == onnxruntime; returns the optimized session."""
+    """Optimized bninfer == unoptimized bninfer == onnxruntime; returns the optimized session.
+    The absolute tolerance grows with the output's magnitude: float32 sums of large terms (a BN with
+    near-zero variance scales by ~300) carry absolute errors relative to those terms."""
     sess = bninfer.InferenceSession(model.SerializeToString())
     ours = sess.run(None, feeds)
     plain = run_bn(model, feeds, bninfer.GraphOptimizationLevel.ORT_DISABLE_ALL)
     theirs = run_ort(model, feeds)
     for a, b, c in zip(ours, plain, theirs):
-        np.testing.assert_allclose(a, c, rtol=rtol, atol=atol)
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+        tol = max(atol, 1e-5 * float(np.max(np.abs(c))) if c.size else atol)
+        np.testing.assert_allclose(a, c, rtol=rtol, atol=tol)
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=tol)
     return sess
 
 

@@ -40,7 +40,7 @@ def test_keras_epsilon_and_fp16_statistics():
 def test_conv_transpose_bn_folds_per_group(group, stride):
     """ConvTranspose weights are (Cin, Cout/group, k, k): the scale runs along axis 1, per group."""
     b = Builder()
-    cin, cout = 6, 9
+    cin, cout = 6, 12
     w = b.const("W", b.rng.standard_normal((cin, cout // group, 3, 3)).astype(np.float32) / 4)
     bias = b.const("B", b.rng.standard_normal(cout).astype(np.float32))
     t = b.node("ConvTranspose", ["x", w, bias], group=group, strides=[stride, stride], pads=[1, 1, 1, 1])

@@ -56,17 +56,19 @@ def _gate(g: Graph, mul: Node):
     for gate_name in mul.inputs:
         x = match.other_input(mul, gate_name)
         gate = g.producer(gate_name)
-        if gate is None or match.only_consumer(g, gate_name) is not mul or gate.inputs[0] != x:
+        if gate is None or match.only_consumer(g, gate_name) is not mul:
+            continue
+        if gate.op == "Tanh":
+            sp = match.producer_of(g, gate.inputs[0], "Softplus")
+            if sp is not None and sp.inputs[0] == x and match.only_consumer(g, sp.outputs[0]) is gate:
+                return x, mul, [sp, gate, mul], "Mish", {}
+        if gate.inputs[0] != x:
             continue
         if gate.op == "Sigmoid":
             return x, mul, [gate, mul], "Swish", {"alpha": 1.0}
         if gate.op == "HardSigmoid" and match.is_close(gate.attrs.get("alpha"), 1 / 6) \
                 and match.is_close(gate.attrs.get("beta"), 0.5):
             return x, mul, [gate, mul], "HardSwish", {}
-        if gate.op == "Tanh":
-            sp = match.producer_of(g, gate.inputs[0], "Softplus")
-            if sp is not None and sp.inputs[0] == x and match.only_consumer(g, sp.outputs[0]) is gate:
-                return x, mul, [sp, gate, mul], "Mish", {}
     return None
 
 
