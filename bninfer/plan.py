@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ops
-from .ir import Graph
+import time
+
+from .ir import Graph, Node
 
 
 @dataclass
 class Step:
-    node_name: str
-    op: str
+    node: Node
     run: ops.Run
     inputs: list  # per input: ("buf", slot) | ("const", array) | None
     outputs: list[int]
@@ -44,7 +45,7 @@ class Plan:
             outs = [graph.values[o] for o in node.outputs]
             refs = [None if v is None else ("const", v.data) if v.is_const else ("buf", slot(v.name))
                     for v in ins]
-            self.steps.append(Step(node.name, node.op, opdef.build(node, ins, outs), refs,
+            self.steps.append(Step(node, opdef.build(node, ins, outs), refs,
                                    [slot(o) for o in node.outputs]))
         self.outputs = [("const", graph.values[o].data) if graph.values[o].is_const else ("buf", slot(o))
                         for o in graph.outputs]
@@ -55,10 +56,11 @@ class Plan:
         calls = []
         for st in self.steps:
             ins = [None if r is None else r[1] if r[0] == "const" else bufs[r[1]] for r in st.inputs]
-            calls.append((st.run, ins, [bufs[o] for o in st.outputs]))
+            calls.append((st.run, ins, [bufs[o] for o in st.outputs], st.node))
         return bufs, calls
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], profiler=None) -> list[np.ndarray]:
+        """Run on `feeds`; with a bninfer.profiling.Profiler, time every kernel call."""
         try:
             bufs, calls = self._arenas.get_nowait()
         except queue.Empty:
@@ -66,8 +68,15 @@ class Plan:
         try:
             for name, array in feeds.items():
                 np.copyto(bufs[self.input_slots[name]], array)
-            for run, ins, outs in calls:
-                run(ins, outs)
+            if profiler is None:
+                for run, ins, outs, _ in calls:
+                    run(ins, outs)
+            else:
+                clock = time.perf_counter_ns
+                for run, ins, outs, node in calls:
+                    t0 = clock()
+                    run(ins, outs)
+                    profiler.record(node, t0, clock())
             return [ref[1].copy() if ref[0] == "const" else bufs[ref[1]].copy() for ref in self.outputs]
         finally:
             self._arenas.put((bufs, calls))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -89,6 +90,10 @@ class InferenceSession:
         self._plan_for(self._default_shapes())
         if self._options.optimized_model_filepath:
             self.save_optimized(self._options.optimized_model_filepath)
+        self._profiler = None
+        if self._options.enable_profiling:
+            from .profiling import Profiler
+            self._profiler = Profiler(self.optimized_graph())
 
     # -- metadata --------------------------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -171,7 +176,12 @@ class InferenceSession:
             run_options: RunOptions | None = None) -> list[np.ndarray]:
         feeds = self._check_feeds(input_feed)
         plan = self._plan_for({n: feeds[n].shape for n in self._graph.inputs})
-        results = plan.run(feeds)
+        if self._profiler is None:
+            results = plan.run(feeds)
+        else:
+            t0 = time.perf_counter_ns()
+            results = plan.run(feeds, self._profiler)
+            self._profiler.record_run(t0, time.perf_counter_ns())
         if output_names is None:
             return results
         if isinstance(output_names, str):
@@ -217,7 +227,18 @@ class InferenceSession:
 
     # -- profiling (onnxruntime API) -------------------------------------------------------------
     def end_profiling(self) -> str:
-        return ""
+        """Write the Chrome-trace JSON of the kernel timings since the session started (when
+        SessionOptions.enable_profiling is set) and return its path; "" when profiling is off."""
+        if self._profiler is None:
+            return ""
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        path = f"{self._options.profile_file_prefix}_{stamp}.json"
+        self._profiler.write(path)
+        return path
+
+    def profiler(self):
+        """The live bninfer.profiling.Profiler (None unless profiling is enabled)."""
+        return self._profiler
 
 
 def _is_path(source: Any) -> bool:
