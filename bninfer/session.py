@@ -15,6 +15,7 @@ from . import passes, serialize
 from .errors import InputError, InputTypeError
 from .ir import Graph
 from .plan import Plan
+from .threads import ThreadLimit
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -176,12 +177,13 @@ class InferenceSession:
             run_options: RunOptions | None = None) -> list[np.ndarray]:
         feeds = self._check_feeds(input_feed)
         plan = self._plan_for({n: feeds[n].shape for n in self._graph.inputs})
-        if self._profiler is None:
-            results = plan.run(feeds)
-        else:
-            t0 = time.perf_counter_ns()
-            results = plan.run(feeds, self._profiler)
-            self._profiler.record_run(t0, time.perf_counter_ns())
+        with ThreadLimit(self._options.intra_op_num_threads):
+            if self._profiler is None:
+                results = plan.run(feeds)
+            else:
+                t0 = time.perf_counter_ns()
+                results = plan.run(feeds, self._profiler)
+                self._profiler.record_run(t0, time.perf_counter_ns())
         if output_names is None:
             return results
         if isinstance(output_names, str):

@@ -34,3 +34,19 @@ def test_four_threads_hundred_runs_each():
     for t in threads:
         t.join()
     assert not errors, errors[:5]
+
+
+def test_thread_limit_applies_to_blas_and_is_restored():
+    from threadpoolctl import threadpool_info
+
+    from bninfer.threads import ThreadLimit
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with ThreadLimit(1):
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+    with ThreadLimit(0):  # 0 = no limit: untouched
+        assert blas_threads() == before
