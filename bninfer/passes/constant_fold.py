@@ -12,6 +12,9 @@ from .. import ops
 from ..errors import ModelError, UnsupportedOperatorError
 from ..ir import Graph
 
+# Ops that need only their input's (bound) shape, not its data: folded even on run-time inputs.
+SHAPE_ONLY = {"Shape", "Size"}
+
 # A single tensor above this size (declared or computed) is refused before anything is allocated.
 MAX_TENSOR_BYTES = 4 << 30
 
@@ -50,7 +53,7 @@ def run(graph: Graph) -> Graph:
             value = graph.values[name]
             value.shape, value.dtype = shape, np.dtype(dtype)
             outs.append(value)
-        if opdef.foldable and all(v is None or v.is_const for v in ins):
+        if opdef.foldable and (node.op in SHAPE_ONLY or all(v is None or v.is_const for v in ins)):
             arrays = [np.empty(v.shape, v.dtype) for v in outs]
             opdef.build(node, ins, outs)([None if v is None else v.data for v in ins], arrays)
             for v, a in zip(outs, arrays):

@@ -159,7 +159,7 @@ def _upsample(node, opset, ctx):
     node.op = "Resize"
     node.attrs = {"mode": "linear" if mode in ("linear", "bilinear") else mode,
                   "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor",
-                  "cubic_coeff_alpha": -0.75, "exclude_outside": 0, "extrapolation_value": 0.0,
+                  "cubic_coeff_a": -0.75, "exclude_outside": 0, "extrapolation_value": 0.0,
                   "antialias": 0, "keep_aspect_ratio_policy": "stretch"}
     return node
 
@@ -167,10 +167,11 @@ def _upsample(node, opset, ctx):
 @upgrade("Resize")
 def _resize(node, opset, ctx):
     if opset < 11:
-        # Resize-10: inputs (X, scales), asymmetric coordinates, nearest rounds down.
+        # Resize-10: inputs (X, scales), asymmetric coordinates; nearest is onnxruntime's "simple" rounding
+        # (up when an axis shrinks, down otherwise).
         node.inputs = [node.inputs[0], "", node.inputs[1]]
-        node.attrs.update({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor",
-                           "cubic_coeff_alpha": -0.75, "exclude_outside": 0, "extrapolation_value": 0.0})
+        node.attrs.update({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "simple",
+                           "cubic_coeff_a": -0.75, "exclude_outside": 0, "extrapolation_value": 0.0})
     node.attrs.setdefault("antialias", 0)
     node.attrs.setdefault("keep_aspect_ratio_policy", "stretch")
     return node
