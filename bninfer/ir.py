@@ -122,6 +122,7 @@ class Graph:
                 kept.append(n)
                 live.update(i for i in n.inputs if i)
         self.nodes = kept[::-1]
+        live.update(o for n in self.nodes for o in n.outputs if o)  # unread outputs of kept nodes
         live.update(self.inputs)
         self.values = {k: v for k, v in self.values.items() if k in live}
 

@@ -22,7 +22,7 @@ class Step:
     node: Node
     run: ops.Run
     inputs: list  # per input: ("buf", slot) | ("const", array) | None
-    outputs: list[int]
+    outputs: list  # slot per output, None for an omitted optional output
 
 
 class Plan:
@@ -42,11 +42,11 @@ class Plan:
         for node in graph.nodes:
             opdef = ops.get(node.op)
             ins = [graph.values[i] if i else None for i in node.inputs]
-            outs = [graph.values[o] for o in node.outputs]
+            outs = [graph.values[o] if o else None for o in node.outputs]
             refs = [None if v is None else ("const", v.data) if v.is_const else ("buf", slot(v.name))
                     for v in ins]
             self.steps.append(Step(node, opdef.build(node, ins, outs), refs,
-                                   [slot(o) for o in node.outputs]))
+                                   [slot(o) if o else None for o in node.outputs]))
         self.outputs = [("const", graph.values[o].data) if graph.values[o].is_const else ("buf", slot(o))
                         for o in graph.outputs]
         self._arenas: queue.SimpleQueue = queue.SimpleQueue()
@@ -56,7 +56,7 @@ class Plan:
         calls = []
         for st in self.steps:
             ins = [None if r is None else r[1] if r[0] == "const" else bufs[r[1]] for r in st.inputs]
-            calls.append((st.run, ins, [bufs[o] for o in st.outputs], st.node))
+            calls.append((st.run, ins, [None if o is None else bufs[o] for o in st.outputs], st.node))
         return bufs, calls
 
     def run(self, feeds: dict[str, np.ndarray], profiler=None) -> list[np.ndarray]:

@@ -42,6 +42,9 @@ def run(graph: Graph) -> Graph:
         results = opdef.infer(node, ins)
         outs = []
         for name, (shape, dtype) in zip(node.outputs, results):
+            if not name:  # an omitted optional output
+                outs.append(None)
+                continue
             shape = tuple(int(d) for d in shape)
             if any(d < 0 for d in shape):
                 raise ModelError(f"node {node.name!r} ({node.op}): output {name!r} has negative dimension "
@@ -54,10 +57,11 @@ def run(graph: Graph) -> Graph:
             value.shape, value.dtype = shape, np.dtype(dtype)
             outs.append(value)
         if opdef.foldable and (node.op in SHAPE_ONLY or all(v is None or v.is_const for v in ins)):
-            arrays = [np.empty(v.shape, v.dtype) for v in outs]
+            arrays = [None if v is None else np.empty(v.shape, v.dtype) for v in outs]
             opdef.build(node, ins, outs)([None if v is None else v.data for v in ins], arrays)
             for v, a in zip(outs, arrays):
-                v.data = a
+                if v is not None:
+                    v.data = a
             folded.append(node)
     for node in folded:
         graph.remove_node(node)
