@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import passes, serialize
-from .errors import InputError, InputTypeError
+from .errors import BninferError, InputError, InputTypeError, ModelError
 from .ir import Graph
 from .plan import Plan
 from .threads import ThreadLimit
@@ -88,9 +88,17 @@ class InferenceSession:
             self._prebuilt = False
         # Plan now when every input shape is known, so that errors surface at load time; a dynamic
         # dimension is bound (to 1) for the check and re-bound on the first run.
-        self._plan_for(self._default_shapes())
+        try:
+            self._plan_for(self._default_shapes())
+        except BninferError:
+            raise
+        except Exception as e:  # a hostile or corrupt .bninfer file: nodes whose attributes do not fit
+            if not self._prebuilt:
+                raise
+            raise ModelError(f"the .bninfer graph is inconsistent: {type(e).__name__}: {e}") from None
         if self._options.optimized_model_filepath:
             self.save_optimized(self._options.optimized_model_filepath)
+        self._threads = ThreadLimit(self._options.intra_op_num_threads)
         self._profiler = None
         if self._options.enable_profiling:
             from .profiling import Profiler
@@ -177,7 +185,7 @@ class InferenceSession:
             run_options: RunOptions | None = None) -> list[np.ndarray]:
         feeds = self._check_feeds(input_feed)
         plan = self._plan_for({n: feeds[n].shape for n in self._graph.inputs})
-        with ThreadLimit(self._options.intra_op_num_threads):
+        with self._threads:
             if self._profiler is None:
                 results = plan.run(feeds)
             else:

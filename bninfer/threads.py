@@ -7,10 +7,8 @@ Numba code keeps its settings. threadpoolctl finds the BLAS; setting its thread 
 """
 from __future__ import annotations
 
-import functools
+import threading
 
-
-@functools.lru_cache(maxsize=1)
 def _blas_controllers() -> tuple:
     try:
         from threadpoolctl import ThreadpoolController
@@ -20,20 +18,32 @@ def _blas_controllers() -> tuple:
 
 
 class ThreadLimit:
-    """Context manager: at most `n` BLAS threads while it is active (n <= 0: no limit)."""
+    """Context manager: at most `n` BLAS threads while it is active (n <= 0: no limit). The BLAS
+    libraries are looked up when the limit is made (a few ms): make one per session, reuse it per run.
+    Concurrent runs of a session share it: the first to enter sets the limit, the last to leave restores
+    the previous setting."""
 
     def __init__(self, n: int):
         self.n = int(n or 0)
+        self._libs = _blas_controllers() if self.n > 0 else ()
         self._saved: list[int] = []
+        self._active = 0
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "ThreadLimit":
-        if self.n > 0:
-            self._saved = [lib.get_num_threads() for lib in _blas_controllers()]
-            for lib in _blas_controllers():
-                lib.set_num_threads(self.n)
+        if self._libs:
+            with self._lock:
+                if self._active == 0:
+                    self._saved = [lib.get_num_threads() for lib in self._libs]
+                    for lib in self._libs:
+                        lib.set_num_threads(self.n)
+                self._active += 1
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.n > 0:
-            for lib, n in zip(_blas_controllers(), self._saved):
-                lib.set_num_threads(n)
+        if self._libs:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    for lib, n in zip(self._libs, self._saved):
+                        lib.set_num_threads(n)
