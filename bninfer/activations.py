@@ -53,12 +53,9 @@ def apply(code, x, alpha, beta):
         return x * min(max(x / 6.0 + 0.5, 0.0), 1.0) if x == x else x
     if code == SWISH:
         return x * _sigmoid(alpha * x)
-    if code == CLIP:
-        if x < alpha:
-            return alpha
-        if x > beta:
-            return beta
-        return x
+    if code == CLIP:  # min(max(x, lo), hi): when lo > hi everything becomes hi, as in ONNX
+        v = alpha if x < alpha else x
+        return beta if v > beta else v
     if code == ELU:
         return alpha * (math.exp(x) - 1.0) if x < 0 else x
     if code == SELU:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,11 @@ from .passes.report import Report
 FORMAT, VERSION = "bninfer", 1
 MAGIC = b"PK\x03\x04"
 MAX_MEMBER_BYTES = 4 << 30
+# What reading a damaged archive can raise (bad CRC, truncated data, an unknown compression method or
+# an encrypted member, bad deflate data, a .npy header that does not parse; UnicodeDecodeError and
+# JSONDecodeError are ValueErrors).
+_READ_ERRORS = (ValueError, EOFError, OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                zlib.error)
 _DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
 
 
@@ -91,7 +97,7 @@ def load(source: Any) -> tuple[Graph, Report | None]:
     try:
         z = zipfile.ZipFile(io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview))
                             else source)
-    except (zipfile.BadZipFile, OSError) as e:
+    except _READ_ERRORS as e:
         raise ModelError(f"not a readable .bninfer file: {e}") from None
     with z:
         manifest = _manifest(z)
@@ -106,7 +112,7 @@ def load(source: Any) -> tuple[Graph, Report | None]:
                 raise ModelError(f".bninfer tensor {ref!r} is too large")
             try:
                 return np.load(io.BytesIO(z.read(ref)), allow_pickle=False)
-            except ValueError as e:
+            except _READ_ERRORS as e:
                 raise ModelError(f".bninfer tensor {ref!r} cannot be read: {e}") from None
 
         def decode(v: Any) -> Any:
@@ -123,6 +129,8 @@ def load(source: Any) -> tuple[Graph, Report | None]:
         values: dict[str, Value] = {}
         for name, ref in _dict(g, "constants").items():
             data = read_tensor(ref)
+            if str(data.dtype) not in _DTYPES:
+                raise ModelError(f".bninfer constant {name!r} ({ref}) has unsupported dtype {data.dtype}")
             values[name] = Value(name, tuple(int(d) for d in data.shape), data.dtype, data)
         inputs = [_io_value(vi, values) for vi in _list(g, "inputs")]
         nodes = []
@@ -130,8 +138,11 @@ def load(source: Any) -> tuple[Graph, Report | None]:
             try:
                 node = Node(str(nd["op"]), str(nd["name"]), [str(i) for i in nd["inputs"]],
                             [str(o) for o in nd["outputs"]], decode(nd.get("attrs", {})))
-            except (KeyError, TypeError) as e:
+            except (KeyError, TypeError, AttributeError) as e:
                 raise ModelError(f".bninfer node entry is malformed: {e}") from None
+            if not isinstance(node.attrs, dict) or not isinstance(nd["inputs"], list) \
+                    or not isinstance(nd["outputs"], list):
+                raise ModelError(f".bninfer node {node.name!r} is malformed (inputs, outputs or attrs)")
             if ops.get(node.op) is None:
                 raise ModelError(f".bninfer node {node.name!r} has unknown op {node.op!r}")
             for o in node.outputs:
@@ -146,15 +157,44 @@ def load(source: Any) -> tuple[Graph, Report | None]:
         outputs = []
         for vo in _list(g, "outputs"):
             name = vo.get("name") if isinstance(vo, dict) else None
-            if name not in values:
+            if not isinstance(name, str) or name not in values:
                 raise ModelError(f".bninfer graph output {name!r} is not defined")
+            _declare(vo, values[name])
             outputs.append(name)
         graph = Graph(nodes, values, inputs, outputs, str(manifest.get("name", "graph")))
         graph.toposort()
-        rep = manifest.get("report")
-        report = Report(**{k: rep[k] for k in ("nodes_before", "nodes_after", "batchnorms", "fusions",
-                                               "eliminated") if k in rep}) if isinstance(rep, dict) else None
-        return graph, report
+        return graph, _report(manifest.get("report"))
+
+
+def _report(rep: Any) -> Report | None:
+    if rep is None:
+        return None
+    ok = isinstance(rep, dict)
+    fields = {}
+    for k in ("nodes_before", "nodes_after"):
+        v = rep.get(k, {}) if ok else None
+        ok = ok and isinstance(v, dict) and all(isinstance(a, str) and type(b) is int for a, b in v.items())
+        fields[k] = v
+    for k in ("batchnorms", "fusions", "eliminated"):
+        v = rep.get(k, []) if ok else None
+        ok = ok and isinstance(v, list) and all(isinstance(x, str) for x in v)
+        fields[k] = v
+    if not ok:
+        raise ModelError(".bninfer optimization report is malformed")
+    return Report(**fields)
+
+
+def _declare(vo: dict, value: Value) -> None:
+    """The shape and dtype a graph output declares (get_outputs() shows them before any run); the
+    planner re-infers and overwrites them."""
+    if value.is_const or value.shape is not None:
+        return
+    try:
+        shape, dtype = tuple(int(d) for d in vo["shape"]), str(vo["dtype"])
+    except (KeyError, TypeError, ValueError):
+        return
+    if dtype in _DTYPES and all(d >= 0 for d in shape):
+        value.shape, value.dtype = shape, np.dtype(dtype)
 
 
 def _manifest(z: zipfile.ZipFile) -> dict:
@@ -164,8 +204,8 @@ def _manifest(z: zipfile.ZipFile) -> dict:
         raise ModelError(".bninfer manifest is too large")
     try:
         manifest = json.loads(z.read("manifest.json"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelError(f".bninfer manifest is not valid JSON: {e}") from None
+    except _READ_ERRORS as e:
+        raise ModelError(f".bninfer manifest cannot be read or is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelError("not a .bninfer file: wrong format tag")
     if manifest.get("version") != VERSION:

@@ -217,6 +217,8 @@ class InferenceSession:
         feeds = {}
         for name in expected:
             array = input_feed[name]
+            if isinstance(array, np.generic):  # a numpy scalar is a 0-d tensor
+                array = np.asarray(array)
             if not isinstance(array, np.ndarray):
                 raise InputTypeError(f"input {name!r} must be a numpy array, not {type(array).__name__}")
             value = self._graph.values[name]

@@ -68,7 +68,7 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("argv, message", [
     ((), "missing command"),
-    (("convert", "x.onnx"), "invalid choice"),
+    (("frobnicate",), "invalid choice"),
     (("bench", "no-such-zoo-model"), "unknown model"),
     (("bench", "dir/missing.onnx"), "model file not found"),
     (("bench", "--threads", "0"), "--threads"),

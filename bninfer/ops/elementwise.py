@@ -37,8 +37,10 @@ def _clip_bounds(node, ins) -> tuple[float, float]:
     return (float(lo) if lo is not None else -np.inf), (float(hi) if hi is not None else np.inf)
 
 
-@register("Clip", infer=same_as_input, const_inputs=(1, 2))
+@register("Clip", infer=same_as_input)
 def _clip(node, ins, outs):
+    if any(len(ins) > k and ins[k] is not None and ins[k].data is None for k in (1, 2)):
+        return _clip_runtime_bounds(node, ins)
     lo, hi = _clip_bounds(node, ins)
     if ins[0].dtype != np.float32:  # constant folding of integer clips
         return lambda i, o: np.copyto(o[0], np.clip(i[0], lo, hi).astype(o[0].dtype))
@@ -48,9 +50,32 @@ def _clip(node, ins, outs):
     return run
 
 
+def _clip_runtime_bounds(node, ins):
+    """Bounds fed at run time: scalars read on each call (min > max gives max, as in ONNX)."""
+    require_float32(node, ins)
+    for k in (1, 2):
+        if len(ins) > k and ins[k] is not None and int(np.prod(ins[k].shape)) != 1:
+            raise ModelError(f"node {node.name!r} (Clip): bound {k} must be a scalar")
+
+    def run(i, o):
+        lo = float(i[1].reshape(-1)[0]) if len(i) > 1 and i[1] is not None else -np.inf
+        hi = float(i[2].reshape(-1)[0]) if len(i) > 2 and i[2] is not None else np.inf
+        K.activation(i[0].reshape(-1), o[0].reshape(-1), activations.CLIP, lo, hi)
+    return run
+
+
+def _slope_shape(node, ins):
+    """Opset < 7 PRelu: a slope of shape (C,) runs along axis 1, not numpy's last axis."""
+    shape = tuple(ins[1].shape)
+    if node.attrs.get("legacy_channel_slope") and len(shape) == 1 and len(ins[0].shape) > 2 \
+            and shape[0] == ins[0].shape[1] and shape[0] != 1:
+        return shape + (1,) * (len(ins[0].shape) - 2)
+    return shape
+
+
 def _prelu_infer(node, ins):
     # The slope broadcasts to X unidirectionally: the output has X's shape.
-    if broadcast_shapes(node, ins[0].shape, ins[1].shape) != tuple(ins[0].shape):
+    if broadcast_shapes(node, ins[0].shape, _slope_shape(node, ins)) != tuple(ins[0].shape):
         raise ModelError(f"node {node.name!r} (PRelu): slope shape {ins[1].shape} does not broadcast to "
                          f"input shape {ins[0].shape}")
     return [(ins[0].shape, ins[0].dtype)]
@@ -59,9 +84,10 @@ def _prelu_infer(node, ins):
 @register("PRelu", infer=_prelu_infer)
 def _prelu(node, ins, outs):
     require_float32(node, ins)
+    slope_shape = _slope_shape(node, ins)
 
     def run(i, o):
-        x, slope = i
+        x, slope = i[0], i[1].reshape(slope_shape)
         np.multiply(x, slope, out=o[0])
         np.copyto(o[0], x, where=~(x < 0))
     return run
@@ -91,7 +117,7 @@ def _variadic_infer(node, ins):
     shapes = [ins[0].shape] + [_legacy_shape(node, ins[0].shape, v.shape) for v in ins[1:]]
     dtype = np.bool_ if node.op in _COMPARISONS else ins[0].dtype
     for v in ins[1:]:
-        if v.dtype != ins[0].dtype:
+        if v.dtype != ins[0].dtype and node.op != "Pow":  # Pow's exponent may have its own type
             raise ModelError(f"node {node.name!r} ({node.op}): inputs have different dtypes "
                              f"{ins[0].dtype} and {v.dtype}")
     return [(broadcast_shapes(node, *shapes), dtype)]
@@ -183,7 +209,8 @@ def _copy(i, o):
 
 
 register("Identity", infer=same_as_input)(lambda node, ins, outs: _copy)
-register("Dropout", infer=_dropout_infer, const_inputs=(1, 2))(lambda node, ins, outs: _copy)
+# The ratio does not matter at inference; training_mode must be known (a constant) to be refused.
+register("Dropout", infer=_dropout_infer, const_inputs=(2,))(lambda node, ins, outs: _copy)
 
 _CAST_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
                7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}

@@ -228,6 +228,14 @@ def _groupnorm(node, opset, ctx):
     return node
 
 
+@upgrade("PRelu")
+def _prelu(node, opset, ctx):
+    if opset < 7:
+        node.attrs["legacy_channel_slope"] = True
+    node.attrs.pop("consumed_inputs", None)
+    return node
+
+
 @upgrade("MaxPool")
 def _maxpool(node, opset, ctx):
     if len(node.outputs) > 1 and node.outputs[1]:
