@@ -1,4 +1,5 @@
 """bninfer: a batch-1 CPU inference engine for ONNX models, a drop-in for onnxruntime's session API."""
+from . import kernel_cache  # noqa: F401  (first: kernels must be cached under bninfer's own stamp)
 from .errors import (BninferError, InputError, InputTypeError, ModelError, TrainingModeError,
                      UnsupportedOperatorError)
 from .session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, NodeArg, RunOptions,

@@ -1,0 +1,75 @@
+"""Where bninfer's compiled Numba kernels are cached, and when a cached kernel is stale.
+
+Numba stamps a cached function with the hash of its own source file only, but bninfer's kernels inline
+the activation table and helpers from other files: after an upgrade that changed only those, Numba would
+load stale machine code and answer silently wrong. bninfer's functions therefore get a locator whose
+stamp is the hash of every source file the kernels are built from, and whose directory is bninfer's own
+(BNINFER_CACHE_DIR, else the user cache dir), so a read-only install still caches.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import numba
+from numba.core import caching
+
+PACKAGE = Path(__file__).resolve().parent
+SOURCES = ["activations.py", "kernels"]
+
+
+@functools.lru_cache(maxsize=1)
+def sources_hash() -> str:
+    h = hashlib.sha256(numba.__version__.encode())
+    for entry in SOURCES:
+        path = PACKAGE / entry
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(PACKAGE).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BNINFER_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bninfer"
+
+
+class BninferCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        rel = Path(py_file).resolve().relative_to(PACKAGE)
+        self._cache_path = str(cache_dir() / sources_hash() / rel.parent / rel.stem)
+
+    def get_cache_path(self):
+        return self._cache_path
+
+    def get_source_stamp(self):
+        return sources_hash()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        try:
+            Path(py_file).resolve().relative_to(PACKAGE)
+        except (ValueError, OSError):
+            return None  # not bninfer's: let Numba's own locators handle it
+        self = cls(py_func, py_file)
+        try:
+            self.ensure_cache_path()
+        except OSError:
+            return None
+        return self
+
+
+def install() -> None:
+    locators = caching.CacheImpl._locator_classes
+    if BninferCacheLocator not in locators:
+        locators.insert(0, BninferCacheLocator)
+
+
+install()

@@ -1,0 +1,59 @@
+"""The persistent kernel cache: a second process loads bninfer's kernels instead of compiling them, and
+a change in any kernel source (the activation table is inlined everywhere) gives a fresh stamp."""
+import os
+import subprocess
+import sys
+import textwrap
+
+from bninfer import kernel_cache
+
+SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, bninfer, bninfer.kernels
+    from onnx import helper
+    sys.path.insert(0, {root!r})
+    from tests.graphs import Builder
+    b = Builder()
+    y = b.node("Relu", [b.conv("x", 3, 4)])
+    sess = bninfer.InferenceSession(b.model({{"x": [1, 3, 6, 6]}}, [y]).SerializeToString())
+    sess.run(None, {{"x": np.ones((1, 3, 6, 6), np.float32)}})
+    from numba.core.registry import CPUDispatcher
+    hits = misses = 0
+    for mod in [m for name, m in sys.modules.items() if name.startswith("bninfer.")]:
+        for obj in vars(mod).values():
+            if isinstance(obj, CPUDispatcher):
+                hits += sum(obj.stats.cache_hits.values())
+                misses += sum(obj.stats.cache_misses.values())
+    print(hits, misses)
+""")
+
+
+def test_second_process_loads_from_cache(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, BNINFER_CACHE_DIR=str(tmp_path / "cache"))
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", SCRIPT.format(root=root)], env=env, capture_output=True,
+                             text=True, timeout=300, cwd=root)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(tuple(int(v) for v in out.stdout.split()[-2:]))
+    (hits1, misses1), (hits2, misses2) = runs
+    assert misses1 > 0 and hits1 == 0          # an empty cache compiles
+    assert misses2 == 0 and hits2 == misses1   # a warm one loads every kernel
+    assert any((tmp_path / "cache" / kernel_cache.sources_hash()).rglob("*.nbi"))
+
+
+def test_stamp_changes_when_an_inlined_source_changes(tmp_path, monkeypatch):
+    import shutil
+    copy = tmp_path / "bninfer"
+    shutil.copytree(kernel_cache.PACKAGE / "kernels", copy / "kernels")
+    shutil.copy(kernel_cache.PACKAGE / "activations.py", copy / "activations.py")
+    monkeypatch.setattr(kernel_cache, "PACKAGE", copy)
+    kernel_cache.sources_hash.cache_clear()
+    try:
+        before = kernel_cache.sources_hash()
+        with open(copy / "activations.py", "a") as f:
+            f.write("\n# changed\n")
+        kernel_cache.sources_hash.cache_clear()
+        assert kernel_cache.sources_hash() != before
+    finally:
+        kernel_cache.sources_hash.cache_clear()
