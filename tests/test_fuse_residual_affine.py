@@ -120,3 +120,18 @@ def test_mnist_three_bn_orders_give_the_same_kernel_count():
     kernels = {order: sum(counts(check(mnist(order), {"x": x})).values())
                for order in ("conv-bn-relu", "conv-relu-bn", "no-bn")}
     assert len(set(kernels.values())) == 1, kernels
+
+
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("act", [None, "Relu", "LeakyRelu"])
+def test_final_bn_relu_goes_into_the_global_pool(pool, act):
+    """Pre-activation ResNet / DenseNet end: BN -> ReLU -> GlobalAveragePool, no standalone BN."""
+    b = Builder()
+    h = b.bn(b.conv("x", 3, 6), 6)
+    h = b.bn(b.node("Concat", [h, "x"], axis=1), 9)
+    if act:
+        h = b.node(act, [h])
+    y = b.node(pool, [h])
+    sess = check(b.model({"x": [1, 3, 9, 11]}, [y]), {"x": image()})
+    assert "BatchNormalization" not in counts(sess)
+    assert f"prologue of {pool}" in str(sess.optimization_report())

@@ -20,6 +20,8 @@ import math
 import numpy as np
 from numba import njit, uint64
 
+from ..activations import apply
+
 LOWEST = np.float32(np.finfo(np.float32).min)  # what a window with no input element gives (as ORT)
 LANES = 128  # partial results kept by the whole-plane reductions
 
@@ -275,3 +277,27 @@ def lrn(x, out, batch, channels, inner, size, alpha, beta, bias):
             for cc in range(max(0, c - before), min(channels, c + after + 1)):
                 _square_into(out, ob, x, (n * channels + cc) * inner, inner)
             _lrn_divide(out, x, ob, inner, bias32, scale32, beta)
+
+
+@njit(cache=True)
+def global_pool_prologue(x, out, planes, channels, inner, scale, shift, code, alpha, beta, take_max):
+    """Global average (or max) of pre_act(scale[c]*x + shift[c]) per plane: a BN (and its activation)
+    standing before the pool, applied while reading, with no pass of its own."""
+    for p in range(planes):
+        c = p % channels
+        s, t, a = scale[c], shift[c], alpha[c]
+        b = p * inner
+        if take_max:
+            m = np.float32(-np.inf)
+            for i in range(b, b + inner):
+                v = apply(code, x[i] * s + t, a, beta)
+                if v > m or v != v:
+                    m = v
+                if m != m:
+                    break
+            out[p] = m
+        else:
+            acc = 0.0
+            for i in range(b, b + inner):
+                acc += apply(code, x[i] * s + t, a, beta)
+            out[p] = acc / inner if inner > 0 else 0.0

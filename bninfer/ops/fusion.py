@@ -26,7 +26,8 @@ from ..errors import ModelError
 from ..ir import Node
 
 # How many inputs each fusable op owns (optional ones included): extras come after these.
-OWN_INPUTS = {"Conv": 3, "ConvTranspose": 3, "Gemm": 3, "MatMul": 2, "BatchNormalization": 5}
+OWN_INPUTS = {"Conv": 3, "ConvTranspose": 3, "Gemm": 3, "MatMul": 2, "BatchNormalization": 5,
+              "GlobalAveragePool": 1, "GlobalMaxPool": 1}
 
 EXTRA_KEYS = ("bias", "residual", "post_scale", "post_shift", "pre_scale", "pre_shift", "slope", "pre_slope")
 

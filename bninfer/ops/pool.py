@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import pool as K
-from . import register, require_float32
+from . import fusion, register, require_float32
 
 _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
@@ -150,6 +150,15 @@ def _global(node, ins, outs):
     planes = int(shape[0]) * int(shape[1])
     inner = int(np.prod(shape[2:], dtype=np.int64))
     kernel = K.global_avg if node.op == "GlobalAveragePool" else K.global_max
+    pro = fusion.prologue(node, ins, int(shape[1]))
+    if pro.has_pre:  # a BN (+ activation) fused in front: applied while reading
+        take_max = node.op == "GlobalMaxPool"
+        channels = int(shape[1])
+
+        def run_fused(i, o):
+            K.global_pool_prologue(_flat(i[0]), o[0].reshape(-1), planes, channels, inner, pro.scale,
+                                   pro.shift, pro.act.code, pro.act.alpha, pro.act.beta, take_max)
+        return run_fused
 
     def run(i, o):
         kernel(_flat(i[0]), o[0].reshape(-1), planes, inner)

@@ -3,9 +3,10 @@ neighbouring kernel, never as a pass of its own:
 
 - after a fused activation or residual (Conv -> ReLU -> BN): the producer's epilogue applies
   s·y + t after the activation (post affine);
-- before convolutions (pre-activation ResNet, DenseNet: BN -> ReLU -> Conv, and BN -> Conv): every
-  reading Conv applies act(s·x + t) to the in-bounds input elements it loads (prologue), which keeps
-  zero padding exact where folding forward into the weights would not;
+- before convolutions (pre-activation ResNet, DenseNet: BN -> ReLU -> Conv, and BN -> Conv) and global
+  pools (their final BN -> ReLU -> GlobalAveragePool): every reader applies act(s·x + t) to the
+  in-bounds input elements it loads (prologue), which keeps zero padding exact where folding forward
+  into the weights would not;
 - otherwise the BN stays a single kernel that also runs the activation fused into it (one pass).
 
 Runs after activation fusion, so a BN followed by an activation has that activation fused into it.

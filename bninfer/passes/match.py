@@ -8,7 +8,7 @@ from ..ir import Graph, Node
 # Ops whose kernels implement the fused epilogue of bninfer.ops.fusion, and the channel axis of it.
 EPILOGUE_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1, "MatMul": -1, "BatchNormalization": 1}
 # Ops whose kernels implement the fused prologue (per input channel, applied to in-bounds elements).
-PROLOGUE_OPS = {"Conv"}
+PROLOGUE_OPS = {"Conv", "GlobalAveragePool", "GlobalMaxPool"}
 
 
 def only_consumer(g: Graph, name: str) -> Node | None:
