@@ -53,7 +53,9 @@ def bn_model(shape, params, opset, runtime=False, name="bn", **attrs):
 def test_batchnorm(shape, opset):
     x = randn(*shape) * 2 + 0.5
     params = bn_params(shape[1])
-    ours = assert_matches_ort(bn_model(shape, params, opset), {"x": x})[0]
+    # Where the variance is zero, s ~ 300 * gamma: float32 rounding of s*x and t is ~1e-5 absolute
+    # whatever the output's own size, in onnxruntime and here alike.
+    ours = assert_matches_ort(bn_model(shape, params, opset), {"x": x}, atol=1e-4)[0]
     # s * x + t loses a little to cancellation where the variance is zero (s ~ 300 * gamma)
     np.testing.assert_allclose(ours, bn_numpy(x, params), rtol=1e-4, atol=1e-4)
 

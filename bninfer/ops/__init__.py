@@ -64,9 +64,9 @@ def broadcast_shapes(node: Node, *shapes: tuple) -> tuple:
 
 
 def normalize_axis(node: Node, axis: int, rank: int, what: str = "axis") -> int:
-    if not -rank <= axis < max(rank, 1):
+    if not -rank <= axis < rank:  # a scalar (rank 0) has no axis at all
         raise ModelError(f"node {node.name!r} ({node.op}): {what} {axis} is out of range for rank {rank}")
-    return axis % rank if rank else 0
+    return axis % rank
 
 
 def require_float32(node: Node, ins: list) -> None:
