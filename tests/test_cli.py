@@ -232,8 +232,10 @@ def test_dot_text_is_well_formed():
     assert edges and all(a in declared and b in declared for a, b in edges)
     assert len(declared) == len(g.nodes) + len(g.inputs) + len(g.outputs)
     assert 'evil\\"name\\\\with\\nstuff' in text
-    assert "Affine>Relu>Conv>Relu" in text and dot.BN_COLOR in text and dot.FUSED_COLOR in text
+    assert "Affine>Relu>Conv>Relu" in text and dot.FUSED_COLOR in text
     assert "[1, 8, 16, 16]" in text  # edge labels: value shapes
+    before, _ = bninfer.passes.optimize(sess._graph, {"input": (1, 3, 16, 16)}, 0)
+    assert dot.BN_COLOR in dot.to_dot(before, "before")  # surviving BNs stand out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,17 +265,17 @@ def test_inspect_report_dot_and_svg(tmp_path: Path):
     assert "input       input: float32 [1, 3, 16, 16]" in out and "output      output: float32 [1, 10]" in out
     table = out[out.index("nodes"):out.index("summary")]
     rows = {ln.split()[-3]: ln.split()[-2:] for ln in table.splitlines()[1:] if len(ln.split()) >= 3}
-    assert rows["BatchNormalization"] == ["5", "1"] and rows["Relu"] == ["5", "0"]
-    assert rows["Conv"] == ["6", "6"] and rows["total"] == ["21", "10"]
+    assert rows["BatchNormalization"] == ["5", "0"] and rows["Relu"] == ["5", "0"]
+    assert rows["Conv"] == ["6", "6"] and rows["total"] == ["21", "9"]
     assert "Affine>Relu>Conv>Relu 2" in _line(out, "kernels     fused:")
     assert "BatchNormalization (5):" in out and "fused chains (7):" in out
-    assert "'/bn/BatchNormalization': kept as one scale+shift kernel with Relu fused" in out
+    assert "'/bn/BatchNormalization': scale+shift and Relu in the prologue of GlobalAveragePool" in out
     assert "scale+shift and Relu in the prologue of Conv '/block2/shortcut/Conv'" in out
     deviation = float(_line(out, "deviation").split()[-1])
     assert 0 <= deviation < 1e-4
     text = (tmp_path / "g.dot").read_text()
     assert text.startswith("digraph") and text.count("subgraph cluster_") == 2
-    assert "before: unoptimized, constants folded (21 nodes)" in text and "after: optimized (10 nodes)" in text
+    assert "before: unoptimized, constants folded (21 nodes)" in text and "after: optimized (9 nodes)" in text
     assert "Affine>Relu>Conv>Relu" in text and "style=dashed" in text
     assert (tmp_path / "g.svg").read_text() == f"<svg>{len(text)}</svg>"
 
