@@ -25,7 +25,7 @@ def run(g: Graph, report: Report) -> None:
         params = match.channel_params(g, bn)
         if params is None:
             continue
-        fold = {"Conv": _fold_conv, "ConvTranspose": _fold_conv_transpose, "Gemm": _fold_gemm,
+        fold = {"Conv": _fold_conv, "ConvTranspose": _fold_conv, "Gemm": _fold_gemm,
                 "MatMul": _fold_matmul}[producer.op]
         if fold(g, producer, bn, *params):
             match.absorb(g, producer, bn)
@@ -40,30 +40,24 @@ def _new_bias(old_bias: np.ndarray | None, s: np.ndarray, t: np.ndarray, mean: n
 
 
 def _fold_conv(g: Graph, conv: Node, bn: Node, s, t, mean) -> bool:
+    """Conv weights are (Cout, Cin/group, k...): scale along axis 0. ConvTranspose weights are
+    (Cin, Cout/group, k...): the output channel of w[ci, j] is (ci // (Cin/group))·Cout_g + j."""
     w = g.const(conv.inputs[1])
     bias_name = conv.inputs[2] if len(conv.inputs) > 2 else ""
     bias = g.const(bias_name)
-    if w is None or (bias_name and bias is None) or w.shape[0] != s.size:
+    if w is None or w.ndim < 2 or (bias_name and bias is None):
         return False
-    shape = (-1,) + (1,) * (w.ndim - 1)
-    w_new = (np.asarray(w, np.float64) * s.reshape(shape)).astype(w.dtype)
-    b_new = _new_bias(bias, s, t, mean).astype(w.dtype)
-    conv.inputs[1] = g.add_const(f"{conv.name}_W_bnfold", w_new)
-    _set_input(conv, 2, g.add_const(f"{conv.name}_B_bnfold", b_new))
-    return True
-
-
-def _fold_conv_transpose(g: Graph, conv: Node, bn: Node, s, t, mean) -> bool:
-    # Weights are (Cin, Cout/group, k...): output channel of w[ci, j] is (ci // (Cin/group))·Cout_g + j.
-    w = g.const(conv.inputs[1])
-    bias_name = conv.inputs[2] if len(conv.inputs) > 2 else ""
-    bias = g.const(bias_name)
-    group = int(conv.attrs.get("group", 1))
-    if w is None or (bias_name and bias is None) or w.shape[0] % group or w.shape[1] * group != s.size:
-        return False
-    cin_g, cout_g = w.shape[0] // group, w.shape[1]
-    channel = (np.arange(w.shape[0])[:, None] // cin_g) * cout_g + np.arange(cout_g)[None, :]
-    scale = s[channel].reshape(w.shape[:2] + (1,) * (w.ndim - 2))
+    if conv.op == "Conv":
+        if w.shape[0] != s.size:
+            return False
+        scale = s.reshape((-1,) + (1,) * (w.ndim - 1))
+    else:
+        group = int(conv.attrs.get("group", 1))
+        if w.shape[0] % group or w.shape[1] * group != s.size:
+            return False
+        cin_g, cout_g = w.shape[0] // group, w.shape[1]
+        channel = (np.arange(w.shape[0])[:, None] // cin_g) * cout_g + np.arange(cout_g)[None, :]
+        scale = s[channel].reshape(w.shape[:2] + (1,) * (w.ndim - 2))
     w_new = (np.asarray(w, np.float64) * scale).astype(w.dtype)
     b_new = _new_bias(bias, s, t, mean).astype(w.dtype)
     conv.inputs[1] = g.add_const(f"{conv.name}_W_bnfold", w_new)
