@@ -135,3 +135,32 @@ def test_final_bn_relu_goes_into_the_global_pool(pool, act):
     sess = check(b.model({"x": [1, 3, 9, 11]}, [y]), {"x": image()})
     assert "BatchNormalization" not in counts(sess)
     assert f"prologue of {pool}" in str(sess.optimization_report())
+
+
+@pytest.mark.parametrize("axes", [[2, 3], [-1, -2]])
+def test_spatial_reducemean_is_a_global_pool_and_takes_the_bn(axes):
+    """The dynamo exporter writes adaptive_avg_pool2d(x, 1) as ReduceMean(axes=[-1, -2], keepdims=1)."""
+    b = Builder()
+    h = b.node("Relu", [b.bn(b.conv("x", 3, 6), 6)])
+    h = b.node("Relu", [b.bn(b.node("Concat", [h, "x"], axis=1), 9)])
+    y = b.node("ReduceMean", [h, b.const("axes", np.array(axes, np.int64))], keepdims=1)
+    sess = check(b.model({"x": [1, 3, 9, 11]}, [y], opset=18), {"x": image()})
+    assert counts(sess) == {"Conv": 1, "Concat": 1, "GlobalAveragePool": 1}
+
+
+def test_reducemean_over_other_axes_stays():
+    b = Builder()
+    y = b.node("ReduceMean", [b.conv("x", 3, 6), b.const("axes", np.array([1, 3], np.int64))], keepdims=1)
+    sess = check(b.model({"x": [1, 3, 9, 11]}, [y], opset=18), {"x": image()})
+    assert counts(sess) == {"Conv": 1, "ReduceMean": 1}
+
+
+@pytest.mark.parametrize("name", ["preact_block_classic", "preact_block_dynamo", "densenet_block_classic",
+                                  "densenet_block_dynamo"])
+def test_torch_preactivation_and_densenet_fixtures_run_no_standalone_bn(name):
+    import bninfer
+    from pathlib import Path
+    sess = bninfer.InferenceSession(str(Path(__file__).parent / "data" / f"{name}.onnx"))
+    report = sess.optimization_report()
+    assert report.nodes_before.get("BatchNormalization", 0) > 0
+    assert "BatchNormalization" not in report.nodes_after, report.batchnorms

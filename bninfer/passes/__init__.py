@@ -5,13 +5,14 @@ Each pass is a function `graph -> None` (rewriting in place) that records what i
 from __future__ import annotations
 
 from ..ir import Graph
-from . import (constant_fold, eliminate, fold_batchnorm, fuse_activation, fuse_affine, fuse_patterns,
-               fuse_residual)
+from . import (canonicalize, constant_fold, eliminate, fold_batchnorm, fuse_activation, fuse_affine,
+               fuse_patterns, fuse_residual)
 from .report import Report
 
 # Run in this order at ORT_ENABLE_BASIC and above:
 PIPELINE = [
     eliminate.run,        # Identity, Dropout
+    canonicalize.run,     # ReduceMean over H, W -> GlobalAveragePool
     fuse_patterns.run,    # x*Sigmoid(x) -> Swish, Erf/Tanh forms -> Gelu, ... (so they can fuse below)
     fold_batchnorm.run,   # Conv/ConvTranspose/Gemm/MatMul -> BN: into the weights
     fuse_residual.run,    # Conv + Add: before activations, as the epilogue adds it first
