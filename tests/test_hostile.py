@@ -178,3 +178,49 @@ def test_control_flow_is_refused_as_unsupported():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(bninfer.UnsupportedOperatorError, match="branch"):
         bninfer.InferenceSession(model.SerializeToString())
+
+
+def test_external_data_in_a_constant_attribute_is_confined(tmp_path):
+    """A Constant node's tensor may keep its data outside too: the same rules apply."""
+    inner = tmp_path / "m"
+    inner.mkdir()
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+    tensor = TensorProto(name="c", data_type=TensorProto.FLOAT, dims=[4])
+    tensor.data_location = TensorProto.EXTERNAL
+    e = tensor.external_data.add()
+    e.key, e.value = "location", "../secret.bin"
+    nodes = [helper.make_node("Constant", [], ["c"], value=tensor, name="const_node"),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (inner / "model.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(bninfer.ModelError, match="inside the model's folder"):
+        bninfer.InferenceSession(str(inner / "model.onnx"))
+
+
+def test_sparse_initializer_with_indices_outside_its_shape_is_refused():
+    values = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "w")
+    indices = numpy_helper.from_array(np.array([0, 99], np.int64), "w_idx")
+    sparse = helper.make_sparse_tensor(values, indices, [4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+                              sparse_initializer=[sparse])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(bninfer.ModelError, match="w"):
+        bninfer.InferenceSession(model.SerializeToString())
+
+
+def test_sparse_initializer_loads():
+    values = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "w")
+    indices = numpy_helper.from_array(np.array([0, 3], np.int64), "w_idx")
+    sparse = helper.make_sparse_tensor(values, indices, [4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+                              sparse_initializer=[sparse])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = randn(4)
+    np.testing.assert_array_equal(bninfer.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0],
+                                  x + np.array([1, 0, 0, 2], np.float32))
