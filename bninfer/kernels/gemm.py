@@ -7,9 +7,8 @@ in place, for each of `rows` rows of `n` columns (column c = output feature c):
 
 A row is processed in a few short passes while it sits in L1, each pass a branch-free loop over the
 columns that LLVM vectorizes (bias/residual add, ReLU/LeakyReLU/PReLU/Clip, scale/shift); other
-activations go through `activations.apply` element by element. The generic per-element
-a generic epilogue that branches on the activation code inside the loop and runs 5-20x
-slower on an (M, N) output with inner=1.
+activations go through `activations.apply` element by element. (A generic per-element epilogue that
+branches on the activation code inside the loop ran 5-20x slower on an (M, N) output.)
 """
 from __future__ import annotations
 
