@@ -37,8 +37,10 @@ def test_second_process_loads_from_cache(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         runs.append(tuple(int(v) for v in out.stdout.split()[-2:]))
     (hits1, misses1), (hits2, misses2) = runs
-    assert misses1 > 0 and hits1 == 0          # an empty cache compiles
-    assert misses2 == 0 and hits2 == misses1   # a warm one loads every kernel
+    assert misses1 > 0 and hits1 == 0   # an empty cache compiles
+    # A warm cache compiles nothing (it may load fewer entries than were compiled: a kernel compiled for
+    # two argument types in the first process can serve both from one loaded signature).
+    assert misses2 == 0 and 0 < hits2 <= misses1
     assert any((tmp_path / "cache" / kernel_cache.sources_hash()).rglob("*.nbi"))
 
 
