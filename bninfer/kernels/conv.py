@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..activations import NONE, RELU, apply
+from ..activations import CLIP, NONE, RELU, apply
 
 GEOM_LEN = 20
 
@@ -52,6 +52,17 @@ def _epilogue_row(acc, out, b, res, has_res, code, a, beta, has_post, ps, pt):
                 v += res[j]
             if code == RELU:
                 v = zero if v < zero else v  # NaN stays NaN
+            if has_post:
+                v = v * ps + pt
+            out[j] = v
+    elif code == CLIP:
+        lo, hi = np.float32(a), np.float32(beta)
+        for j in range(n):
+            v = acc[j] + b
+            if has_res:
+                v += res[j]
+            v = lo if v < lo else v  # NaN stays NaN
+            v = hi if v > hi else v
             if has_post:
                 v = v * ps + pt
             out[j] = v

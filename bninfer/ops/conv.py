@@ -5,12 +5,22 @@ Geometry (output size, pads from auto_pad, validation) is worked out once per no
 rearranged once at build time when they are constants. The kernels see every convolution as 3-D
 (1-D and 2-D get leading spatial axes of size 1) so that one compiled kernel serves every rank.
 
-Conv paths:
-  * depthwise (one input channel per group, several groups): a direct loop kernel, prologue and
-    epilogue fused;
+Conv paths (batch 1 float32 single thread; ratios to onnxruntime in benchmarks/conv_layers.py):
+  * 1x1 unpadded, group 1, constant weights, no prologue, at least 128 pixels (or a multiple of 32):
+    kernels.conv_direct.pointwise_kernel, vectorized along the pixels of NCHW, no packing (a strided 1x1
+    subsamples its input first);
+  * dense (group 1) 1-D/2-D with constant weights: with at most 4 input channels (stems)
+    kernels.conv_direct.rowvec_kernel (vectors along the output row); otherwise the register-tiled
+    direct kernel kernels.conv_direct.direct_kernel on a padded copy of the input (1x1 convs below 64
+    input channels that the pointwise kernel does not take stay on BLAS);
+  * depthwise (multiplier 1) 1-D/2-D with constant weights: kernels.depthwise, vectors along the row for
+    rows of 24+ outputs, 16-channel blocks below;
+  * any other depthwise: a direct loop kernel, prologue and epilogue fused;
   * 1x1, stride 1, unpadded, no prologue: the input is already the column matrix;
   * otherwise im2col (prologue applied to the gathered elements) and one batched BLAS matmul over
     (batch, group), then the epilogue in one Numba pass over the output.
+The specialised kernels are made per set of compile-time constants (kernel size, stride, dilation, tile,
+activation code), shared between nodes, compiled (or loaded from the disk cache) when the node is built.
 ConvTranspose: one batched matmul to columns (the prologue applied to the input first), then col2im
 (a scatter-add per output plane) with the epilogue fused.
 """
@@ -23,6 +33,8 @@ import numpy as np
 from .. import activations
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import conv as K
+from ..kernels import conv_direct as CD
+from ..kernels import depthwise as DWK
 from . import fusion, register, require_float32
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -297,6 +309,207 @@ def _runtime_bias(i, bias):
     return _flat(i[2])
 
 
+# 1x1 convs with at least this many input channels go through the direct kernel; below it BLAS + the
+# epilogue measured faster (the tile's stores weigh more when each output sums few products)
+_DIRECT_1X1_MIN_CIN = 64
+
+
+def _two_d(t, fill):
+    """A 1-D or 2-D per-axis tuple as (H, W)."""
+    return (fill,) + tuple(t) if len(t) == 1 else tuple(t)
+
+
+def _pick_tile(cout: int, ow: int) -> tuple[int, int]:
+    """(COB, RW): 32 output channels x 8 pixels (16 zmm accumulators) unless the layer is narrow; the
+    pixel count is chosen to waste the least of the last tile of each row."""
+    cob = 16 if cout <= 16 else 32
+    choices = (8, 7, 6) if cob == 32 else (14, 12, 8, 7)
+    rw = min(choices, key=lambda r: (-(-ow // r) * r, -r))
+    return cob, rw
+
+
+_ROWVEC_MAX_CIN = 4  # dense convs with at most this many input channels: row-vectorized kernel
+_ROWVEC_TILE = (8, 32)  # its tile: output channels x pixels
+
+
+def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
+    """bninfer.kernels.conv_direct.rowvec_kernel for a dense 1-D/2-D conv with few input channels."""
+    cin, cout = g.in_channels, g.out_channels
+    H, W = _two_d(g.in_spatial, 1)
+    KH, KW = _two_d(g.kernel, 1)
+    SH, SW = _two_d(g.strides, 1)
+    DH, DW = _two_d(g.dilations, 1)
+    PH, PW = _two_d(g.pads_begin, 0)
+    EH, EW = _two_d(g.pads_end, 0)
+    OH, OW = _two_d(g.out_spatial, 1)
+    cot, pxt = _ROWVEC_TILE
+    kern = CD.rowvec_kernel(KH, KW, SH, SW, DH, DW, cot, pxt, ep.code)
+    CD.compile_now(kern, CD.ROWVEC_SIG)
+    w = CD.pack_weights_px(np.asarray(wdata, np.float32).reshape(cout, cin, KH, KW), cot)
+    Hp = H + PH + EH
+    Wq = DWK.dw_layout(W, PW, EW, SW, KW, DW, pxt, OW)
+    plane = cin * Hp * SW * Wq
+    N = g.batch
+    xs, ys = cin * H * W, cout * OH * OW
+    alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+
+    def run(i, o):
+        y = o[0]
+        b = _runtime_bias(i, bias)
+        x = _flat(i[0])
+        yf = y.reshape(-1)
+        res, has_res = ep.residual_array(i)
+        xp = np.zeros(plane, np.float32)
+        for n in range(N):
+            if n:
+                xp[:] = 0.0
+            DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, SW, Wq, PH, PW, pro.has_pre,
+                          pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            r = res[n * ys:(n + 1) * ys] if has_res else res
+            kern(xp, w, yf[n * ys:(n + 1) * ys], cin, cout, Hp, Wq, OH, OW, b, r, has_res, alpha, beta,
+                 has_post, ps, pt)
+    return run
+
+
+def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
+    """The channel-blocked direct kernel of bninfer.kernels.conv_direct for a dense (group 1) 1-D/2-D
+    convolution with constant weights, or None when it does not apply."""
+    cin, cout = g.in_channels, g.out_channels
+    H, W = _two_d(g.in_spatial, 1)
+    KH, KW = _two_d(g.kernel, 1)
+    SH, SW = _two_d(g.strides, 1)
+    DH, DW = _two_d(g.dilations, 1)
+    PH, PW = _two_d(g.pads_begin, 0)
+    EH, EW = _two_d(g.pads_end, 0)
+    OH, OW = _two_d(g.out_spatial, 1)
+    if cin >= 16:
+        cib = 16 if cin % 16 == 0 or cin % 8 else 8
+    else:
+        cib = cin
+    cinb = -(-cin // cib)
+    cob, rw = _pick_tile(cout, OW)
+    w = CD.pack_weights(np.asarray(wdata, np.float32).reshape(cout, cin, KH, KW), cinb, cib, cob)
+    if KH == KW == 1 and SH == SW == 1 and not (PH or PW or EH or EW):
+        H, W, OH, OW = 1, H * W, 1, OH * OW  # pointwise: one long row per channel
+        cob, rw = _pick_tile(cout, OW)
+    Hp, Wp = H + PH + EH, W + PW + EW
+    plane = cinb * cib * Hp * Wp
+    slack = rw * SW + KW * DW
+    kern = CD.direct_kernel(KH, KW, SH, SW, DH, DW, cib, cob, rw, ep.code)
+    CD.compile_now(kern, CD.DIRECT_SIG)
+    N = g.batch
+    xs, ys = cin * H * W, cout * OH * OW
+    alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+
+    def run(i, o):
+        y = o[0]
+        b = _runtime_bias(i, bias)
+        x = _flat(i[0])
+        yf = y.reshape(-1)
+        res, has_res = ep.residual_array(i)
+        xp = np.zeros(plane + slack, np.float32)
+        for n in range(N):
+            if n:
+                xp[:plane] = 0.0
+            DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, 1, Wp, PH, PW, pro.has_pre,
+                          pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            r = res[n * ys:(n + 1) * ys] if has_res else res
+            kern(xp, w, yf[n * ys:(n + 1) * ys], cinb, Hp, Wp, cout, OH, OW, b, r, has_res, alpha, beta,
+                 has_post, ps, pt, 0)
+    return run
+
+
+_PW_TILE = (12, 32)  # pointwise kernel tile: output channels x pixels (None: direct kernel / BLAS)
+
+
+def _pointwise_conv(g: Geometry, ep: _Epilogue, bias, wdata):
+    """bninfer.kernels.conv_direct.pointwise_kernel for a 1x1, stride-1, unpadded convolution (any rank,
+    group 1, constant weights, no prologue): NCHW in and out, no packing."""
+    cin, cout = g.in_channels, g.out_channels
+    cot, pxt = _PW_TILE
+    kern = CD.pointwise_kernel(cot, pxt, ep.code)
+    CD.compile_now(kern, CD.PW_SIG)
+    w = CD.pack_weights_pw(np.asarray(wdata, np.float32).reshape(cout, cin), cot)
+    P = int(np.prod(g.out_spatial))
+    N = g.batch
+    xs, ys = cin * P, cout * P
+    alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+    subsample = any(s > 1 for s in g.strides)
+    if subsample:
+        SH, SW = _two_d(g.strides, 1)
+        OH, OW = _two_d(g.out_spatial, 1)
+        in4 = (N, cin) + _two_d(g.in_spatial, 1)
+
+    def run(i, o):
+        y = o[0]
+        b = _runtime_bias(i, bias)
+        if subsample:
+            x = np.ascontiguousarray(i[0].reshape(in4)[:, :, :OH * SH:SH, :OW * SW:SW]).reshape(-1)
+        else:
+            x = _flat(i[0])
+        yf = y.reshape(-1)
+        res, has_res = ep.residual_array(i)
+        for n in range(N):
+            r = res[n * ys:(n + 1) * ys] if has_res else res
+            kern(x[n * xs:(n + 1) * xs], w, yf[n * ys:(n + 1) * ys], cin, cout, P, b, r, has_res, alpha, beta,
+                 has_post, ps, pt, 0)
+    return run
+
+
+def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
+    """bninfer.kernels.depthwise for a 1-D/2-D depthwise convolution (multiplier 1, constant weights)."""
+    C = g.in_channels
+    H, W = _two_d(g.in_spatial, 1)
+    KH, KW = _two_d(g.kernel, 1)
+    SH, SW = _two_d(g.strides, 1)
+    DH, DW = _two_d(g.dilations, 1)
+    PH, PW = _two_d(g.pads_begin, 0)
+    EH, EW = _two_d(g.pads_end, 0)
+    OH, OW = _two_d(g.out_spatial, 1)
+    Hp = H + PH + EH
+    N = g.batch
+    blocked = OW < DWK.ROW_MIN_WIDTH
+    if blocked:  # short rows: 16 channels per vector
+        rw = min((8, 7, 6), key=lambda r: (-(-OW // r) * r, -r))
+        kern = DWK.blocked_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW)
+        cpad = -(-C // 16) * 16
+        w = DWK.pack_weights_blocked(np.asarray(wdata, np.float32).reshape(C, 1, KH, KW), cpad)
+        Wq = W + PW + EW
+        plane = cpad * Hp * Wq
+        slack = (rw * SW + KW * DW) * 16
+    else:  # long rows: vectors along the row
+        rw = DWK.pick_rw(OW)
+        kern = DWK.depthwise_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW)
+        w = np.array(wdata, np.float32).reshape(-1)
+        Wq = DWK.dw_layout(W, PW, EW, SW, KW, DW, rw, OW)
+        plane = C * Hp * SW * Wq
+        slack = 0
+    CD.compile_now(kern, DWK.DW_SIG)
+    xs, ys = C * H * W, C * OH * OW
+    alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+
+    def run(i, o):
+        y = o[0]
+        b = _runtime_bias(i, bias)
+        x = _flat(i[0])
+        yf = y.reshape(-1)
+        res, has_res = ep.residual_array(i)
+        xp = np.zeros(plane + slack, np.float32)
+        for n in range(N):
+            if n:
+                xp[:plane] = 0.0
+            if blocked:
+                CD.pack_input(x[n * xs:(n + 1) * xs], xp, C, H, W, 16, Hp, Wq, PH, PW, pro.has_pre,
+                              pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            else:
+                DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, C, H, W, Hp, SW, Wq, PH, PW, pro.has_pre,
+                              pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            r = res[n * ys:(n + 1) * ys] if has_res else res
+            kern(xp, w, yf[n * ys:(n + 1) * ys], C, Hp, Wq, OH, OW, b, r, has_res, alpha, beta, has_post,
+                 ps, pt)
+    return run
+
+
 # -- Conv --------------------------------------------------------------------------------------------
 
 @register("Conv", infer=_conv_infer)
@@ -324,6 +537,22 @@ def _conv(node, ins, outs):
         return np.array(w.reshape(G, cout_g, cin_g * ksize), np.float32, order="C")
 
     wdata = ins[1].data
+    if wdata is not None and depthwise and mult == 1 and g.nsp <= 2 and np.prod(out_shape) > 0:
+        return _depthwise_conv(g, ep, pro, bias, wdata)
+    # the pointwise kernel's last partial pixel tile is scalar: small images (7x7) go to the direct kernel;
+    # a strided unpadded 1x1 conv subsamples its input first
+    strided_1x1 = (ksize == 1 and not any(g.pads_begin) and not any(g.pads_end) and not pro.has_pre
+                   and g.nsp <= 2)
+    if wdata is not None and (pointwise or strided_1x1) and G == 1 and np.prod(out_shape) > 0 and _PW_TILE \
+            and (P >= 4 * _PW_TILE[1] or P % _PW_TILE[1] == 0):
+        return _pointwise_conv(g, ep, bias, wdata)
+    if wdata is not None and not depthwise and G == 1 and g.nsp <= 2 and np.prod(out_shape) > 0 \
+            and (ksize > 1 or g.in_channels >= _DIRECT_1X1_MIN_CIN):
+        if g.in_channels <= _ROWVEC_MAX_CIN and ksize > 1:
+            return _rowvec_conv(g, ep, pro, bias, wdata)
+        fast = _direct_conv(g, ep, pro, bias, wdata)
+        if fast is not None:
+            return fast
     w_ready = weights(wdata) if wdata is not None else None
 
     def run(i, o):

@@ -1,0 +1,75 @@
+"""Vector FMA and gather/scatter counts in the assembly of bninfer's specialised conv kernels.
+
+    python -m benchmarks.asm_check
+Prints per kernel (its compile-time constants) the number of vfmadd*ps on zmm and ymm registers, of
+scalar vfmadd*ss, and of vgather/vscatter instructions: a healthy register-tiled kernel shows its tile's
+accumulator count of zmm FMAs in the inner loop (a multiple when LLVM unrolled the kernel-width loop) and
+no gathers or scatters; scalar FMAs come from the epilogue (post affine) and remainder paths. Kernels are
+compiled uncached here: Numba cannot show the assembly of cached code.
+"""
+from __future__ import annotations
+
+import re
+
+from bninfer.kernels import conv_direct as CD
+
+CASES = {
+    "direct 3x3 s1 cib16 32x8 relu": ("direct", (3, 3, 1, 1, 1, 1, 16, 32, 8, 1)),
+    "direct 3x3 s2 cib16 32x7 relu": ("direct", (3, 3, 2, 2, 1, 1, 16, 32, 7, 1)),
+    "direct 1x1 s1 cib16 32x8 relu": ("direct", (1, 1, 1, 1, 1, 1, 16, 32, 8, 1)),
+    "direct 7x7 s2 cib3 32x8 relu": ("direct", (7, 7, 2, 2, 1, 1, 3, 32, 8, 1)),
+    "direct 3x3 s1 cib16 16x14 none": ("direct", (3, 3, 1, 1, 1, 1, 16, 16, 14, 0)),
+}
+
+
+def counts(asm: str) -> dict:
+    return {"zmm_fma": len(re.findall(r"vfmadd\w*ps[^\n]*%zmm", asm)),
+            "ymm_fma": len(re.findall(r"vfmadd\w*ps[^\n]*%ymm", asm)),
+            "scalar_fma": len(re.findall(r"vfmadd\w*ss", asm)),
+            "gather": asm.count("vgather"), "scatter": asm.count("vscatter")}
+
+
+def extra_cases() -> dict:
+    try:
+        from bninfer.kernels import depthwise as DW
+    except ImportError:
+        return {}
+    return {f"depthwise {k}x{k} s{s} {rw}px": ("dw", (k, k, s, s, rw, 1))
+            for k, s, rw in [(3, 1, 32), (3, 1, 16), (3, 2, 32), (5, 1, 16)]}, DW
+
+
+def main():
+    cases = dict(CASES)
+    ex = extra_cases()
+    DW = None
+    if ex:
+        ex, DW = ex
+        cases.update(ex)
+    cases["pointwise 12ch x 32px clip"] = ("pw", (12, 32, 9))
+    cases["rowvec 7x7 s2 8ch x 32px relu"] = ("rowvec", (7, 7, 2, 2, 1, 1, 8, 32, 1))
+    cases["rowvec 3x3 s2 8ch x 32px clip"] = ("rowvec", (3, 3, 2, 2, 1, 1, 8, 32, 9))
+    cases["depthwise blocked 3x3 s1 16ch x 7px"] = ("dwb", (3, 3, 1, 1, 7, 1))
+    cases["depthwise blocked 3x3 s2 16ch x 7px"] = ("dwb", (3, 3, 2, 2, 7, 1))
+    for name, (kind, consts) in cases.items():
+        if kind == "direct":
+            k = CD.compile_now(CD.direct_kernel(*consts, cache=False), CD.DIRECT_SIG)
+            sig = CD.DIRECT_SIG
+        elif kind == "pw":
+            sig = CD.PW_SIG
+            k = CD.compile_now(CD.pointwise_kernel(*consts, cache=False), sig)
+        elif kind == "rowvec":
+            sig = CD.ROWVEC_SIG
+            k = CD.compile_now(CD.rowvec_kernel(*consts, cache=False), sig)
+        elif kind == "dwb":
+            sig = DW.DW_SIG
+            k = CD.compile_now(DW.blocked_kernel(*consts, cache=False), sig)
+        else:
+            k = CD.compile_now(DW.depthwise_kernel(*consts, cache=False), DW.DW_SIG)
+            sig = DW.DW_SIG
+        asm = k.inspect_asm(sig)
+        c = counts(asm)
+        print(f"{name:36s} " + " ".join(f"{key}={v}" for key, v in c.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""Direct convolution in a channel-blocked layout, specialised per kernel geometry.
+
+The input is packed once per call into a zero-padded, channel-blocked copy
+    xp[CINB][Hp][Wp][CIB]          (CIB input channels innermost, halo in place, prologue applied)
+and the weights once per node into
+    w[NOB][CINB][KH][CIB][KW][COB] (COB output channels innermost, zero-padded channels).
+A register tile of COB output channels x RW output pixels lives in a stack array that LLVM promotes to
+registers (`stack_f32`); the loop over the kernel width sits inside the loop over input channels so each
+weight vector load feeds the whole pixel tile. Every index is flat 1-D with the inner strides known at
+compile time. The fused epilogue is applied when the tile is stored (output in plain NCHW).
+
+Two more kernels vectorize along the pixels instead (weights broadcast, contiguous NCHW stores), which
+pays when each output sums few products: `pointwise_kernel` (1x1 convs, no packing at all) and
+`rowvec_kernel` (few input channels, e.g. network stems; input laid out by depthwise.pack_rows).
+
+Kernels come from the factories, one per set of compile-time constants (shared between nodes, cached on
+disk), and are compiled with Numba's SLP vectorizer on and the loop vectorizer off (`compile_now`).
+Measured facts behind the design (AMD Zen 5, AVX-512):
+  * the register tile must be a stack array (`stack_f32`): a heap array stays in memory and nothing
+    vectorizes; every access to it needs a constant index (loops with constant trip counts and a break,
+    never a run-time trip count), else LLVM demotes the whole tile to memory;
+  * indices are unsigned (np.uint64) in hot loops: Numba's negative-index wraparound otherwise blocks
+    the SLP vectorizer;
+  * FMA contraction needs fastmath={"contract"}; without it the FMAs stay separate multiply and add.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numba
+import numpy as np
+from llvmlite import ir as llir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.numpy_support import carray
+
+from ..activations import CLIP, RELU, apply
+
+_FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
+_lock = threading.RLock()
+
+
+@intrinsic
+def _stack_ptr(typingctx, n):
+    """A pointer to a fresh stack buffer of n float32 (n a compile-time constant)."""
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+    size = n.literal_value
+
+    def codegen(context, builder, sig, args):
+        ptr = cgutils.alloca_once(builder, llir.ArrayType(llir.FloatType(), size))
+        return builder.bitcast(ptr, llir.PointerType(llir.FloatType()))
+    return types.CPointer(types.float32)(n), codegen
+
+
+@njit(inline="always", cache=True)
+def stack_f32(n):
+    """A float32 array of n (compile-time constant) elements on the stack: LLVM promotes it to registers
+    when every access has a constant index (register tiles). Uninitialised."""
+    return carray(_stack_ptr(n), (n,))
+
+
+@contextlib.contextmanager
+def compile_settings():
+    """SLP vectorizer on, loop vectorizer off while bninfer compiles its blocked kernels (the loop
+    vectorizer picks the wrong loop and gathers the accumulator); restored afterwards so the user's own
+    Numba code keeps its settings."""
+    with _lock:
+        old = numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE
+        numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = 1, 0
+        try:
+            yield
+        finally:
+            numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = old
+
+
+def compile_now(dispatcher, sig):
+    """Compile (or load from cache) one signature under `compile_settings`."""
+    with compile_settings():
+        dispatcher.compile(sig)
+    return dispatcher
+
+
+# -- packing ------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def pack_input(x, xp, C, H, W, CIB, Hp, Wp, PH, PW, has_pre, scale, shift, code, alpha, beta):
+    """x (C, H, W) flat -> xp (CINB, Hp, Wp, CIB) flat, placed at offset (PH, PW); with `has_pre` each
+    element goes through act(scale[c] * x + shift[c]). xp must be zeroed where it is not written
+    (halo, channel padding). Full blocks of 16 channels take a loop with a constant inner trip count and
+    unsigned indices (vectorizes); the rest a plain loop."""
+    HW = H * W
+    CINB = (C + CIB - 1) // CIB
+    u16 = np.uint64(16)
+    for cb in range(CINB):
+        c0 = cb * CIB
+        nci = min(CIB, C - c0)
+        for h in range(H):
+            dst = np.uint64(((cb * Hp + h + PH) * Wp + PW) * CIB)
+            src = np.uint64((c0 * H + h) * W)
+            if CIB == 16 and nci == 16 and not has_pre:
+                for w_ in range(W):
+                    uw = np.uint64(w_)
+                    for ci in range(16):
+                        xp[dst + uw * u16 + np.uint64(ci)] = x[src + np.uint64(ci * HW) + uw]
+            elif CIB == 16 and nci == 16:
+                for w_ in range(W):
+                    uw = np.uint64(w_)
+                    for ci in range(16):
+                        c = c0 + ci
+                        v = x[src + np.uint64(ci * HW) + uw] * scale[c] + shift[c]
+                        xp[dst + uw * u16 + np.uint64(ci)] = apply(code, v, alpha[c], beta)
+            else:
+                for ci in range(nci):
+                    c = c0 + ci
+                    s, t, a = scale[c], shift[c], alpha[c]
+                    for w_ in range(W):
+                        v = x[src + np.uint64(ci * HW + w_)]
+                        if has_pre:
+                            v = apply(code, v * s + t, a, beta)
+                        xp[dst + np.uint64(w_ * CIB + ci)] = v
+
+
+def pack_weights(w: np.ndarray, cinb: int, cib: int, cob: int) -> np.ndarray:
+    """(COUT, CIN, KH, KW) -> flat (NOB, CINB, KH, CIB, KW, COB), zero-padded channels."""
+    cout, cin, kh, kw = w.shape
+    nob = -(-cout // cob)
+    full = np.zeros((nob * cob, cinb * cib, kh, kw), np.float32)
+    full[:cout, :cin] = w
+    full = full.reshape(nob, cob, cinb, cib, kh, kw).transpose(0, 2, 4, 3, 5, 1)
+    return np.ascontiguousarray(full).reshape(-1)
+
+
+# -- the dense direct kernel ---------------------------------------------------------------------------
+
+_KERNELS: dict = {}
+
+
+def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
+    """The direct convolution kernel for these compile-time constants (cached per process and on disk).
+
+    kern(xp, w, out, CINB, Hp, Wp, COUT, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt, 0):
+    out (COUT, OH, OW) flat = ps[c] * act(conv + bias[c] + res, alpha[c], beta) + pt[c]. xp must hold
+    RW * SW * CIB floats of slack after its end (the last tile of a row may read past it)."""
+    key = (KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT)
+    k = _KERNELS.get(key) if cache else None
+    if k is not None:
+        return k
+    NACC = RW * COB
+
+    @njit(cache=cache, fastmath=_FASTMATH)
+    def kern(xp, w, out, CINB, Hp, Wp, COUT, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
+        nob = (COUT + COB - 1) // COB
+        P = OH * OW
+        plane = Hp * Wp
+        hi = np.float32(beta)  # Clip's upper bound
+        acc = stack_f32(NACC)
+        wob = CINB * KH * CIB * KW * COB
+        for ob in range(nob):
+            for oh in range(OH):
+                for ow0 in range(0, OW, RW):
+                    for i in range(NACC):
+                        acc[i] = 0.0
+                    for cb in range(CINB):
+                        for kh in range(KH):
+                            xr = (cb * CIB * Hp + oh * SH + kh * DH) * Wp + ow0 * SW
+                            wr = ob * wob + (cb * KH + kh) * (CIB * KW * COB)
+                            # ci0 is 0 at run time: an unknown trip count keeps LLVM from unrolling
+                            # a 1x1 kernel's channel loop into a block too big to vectorize
+                            for ci in range(ci0 if KW == 1 else 0, CIB):
+                                for kw in range(KW):
+                                    # unsigned indices: no negative-index wraparound in the hot loop
+                                    wo = np.uint64(wr + (ci * KW + kw) * COB)
+                                    xo = np.uint64(xr + ci * plane + kw * DW)
+                                    for px in range(RW):
+                                        xv = xp[xo + np.uint64(px * SW)]
+                                        for c in range(COB):
+                                            acc[px * COB + c] += xv * w[wo + np.uint64(c)]
+                    npx = min(RW, OW - ow0)
+                    for c in range(COB):
+                        co = ob * COB + c
+                        if co < COUT:
+                            b, a = bias[co], alpha[co]
+                            s, t = ps[co], pt[co]
+                            ob_ = co * P + oh * OW + ow0
+                            for px in range(RW):
+                                if px >= npx:
+                                    break
+                                v = acc[px * COB + c] + b
+                                if has_res:
+                                    v += res[ob_ + px]
+                                if ACT == RELU:
+                                    v = np.float32(0.0) if v < np.float32(0.0) else v
+                                elif ACT == CLIP:
+                                    v = a if v < a else v
+                                    v = hi if v > hi else v
+                                else:
+                                    v = apply(ACT, v, a, beta)
+                                if has_post:
+                                    v = v * s + t
+                                out[ob_ + px] = v
+    if cache:
+        _KERNELS[key] = kern
+    return kern
+
+
+DIRECT_SIG = (types.float32[::1], types.float32[::1], types.float32[::1], types.int64, types.int64,
+              types.int64, types.int64, types.int64, types.int64, types.float32[::1], types.float32[::1],
+              types.boolean, types.float32[::1], types.float64, types.boolean, types.float32[::1],
+              types.float32[::1], types.int64)
+
+
+# -- pointwise (1x1, stride 1, unpadded) kernel vectorized along the pixels ------------------------------
+
+def pack_weights_pw(w: np.ndarray, cot: int) -> np.ndarray:
+    """(COUT, CIN) -> flat (NOB, CIN, COT), zero-padded output channels."""
+    cout, cin = w.shape
+    nob = -(-cout // cot)
+    full = np.zeros((nob * cot, cin), np.float32)
+    full[:cout] = w
+    return np.ascontiguousarray(full.reshape(nob, cot, cin).transpose(0, 2, 1)).reshape(-1)
+
+
+def pointwise_kernel(COT, PXT, ACT, cache=True):
+    """kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, 0): the 1x1
+    convolution out (COUT, P) = W (COUT, CIN) . x (CIN, P) on NCHW data, a register tile of COT output
+    channels (weights broadcast) x PXT consecutive pixels (vector loads and stores), epilogue fused.
+    No packing of the input; the last partial pixel tile of each block takes a scalar loop."""
+    key = ("pw", COT, PXT, ACT)
+    k = _KERNELS.get(key) if cache else None
+    if k is not None:
+        return k
+    NACC = COT * PXT
+
+    @njit(cache=cache, fastmath=_FASTMATH)
+    def kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
+        nob = (COUT + COT - 1) // COT
+        hi = np.float32(beta)  # Clip's upper bound
+        acc = stack_f32(NACC)
+        uP = np.uint64(P)
+        for ob in range(nob):
+            wb = ob * CIN * COT
+            for p0 in range(0, P, PXT):
+                full = p0 + PXT <= P
+                for i in range(NACC):
+                    acc[i] = 0.0
+                if full:
+                    for ci in range(ci0, CIN):
+                        xo = np.uint64(ci) * uP + np.uint64(p0)
+                        wo = np.uint64(wb + ci * COT)
+                        for c in range(COT):
+                            wv = w[wo + np.uint64(c)]
+                            for j in range(PXT):
+                                acc[c * PXT + j] += wv * x[xo + np.uint64(j)]
+                else:
+                    npx = P - p0
+                    for ci in range(CIN):
+                        xo = ci * P + p0
+                        wo = wb + ci * COT
+                        for c in range(COT):
+                            wv = w[wo + c]
+                            for j in range(PXT):
+                                if j >= npx:
+                                    break
+                                acc[c * PXT + j] += wv * x[xo + j]
+                for c in range(COT):
+                    co = ob * COT + c
+                    if co < COUT:
+                        b, a = bias[co], alpha[co]
+                        s, t = ps[co], pt[co]
+                        ob_ = np.uint64(co) * uP + np.uint64(p0)
+                        n = PXT if full else P - p0
+                        if full and not has_res and not has_post:
+                            for j in range(PXT):
+                                v = acc[c * PXT + j] + b
+                                if ACT == RELU:
+                                    v = np.float32(0.0) if v < np.float32(0.0) else v
+                                elif ACT == CLIP:
+                                    v = a if v < a else v
+                                    v = hi if v > hi else v
+                                else:
+                                    v = apply(ACT, v, a, beta)
+                                out[ob_ + np.uint64(j)] = v
+                        else:
+                            for j in range(PXT):
+                                if j >= n:
+                                    break
+                                v = acc[c * PXT + j] + b
+                                if has_res:
+                                    v += res[ob_ + np.uint64(j)]
+                                if ACT == RELU:
+                                    v = np.float32(0.0) if v < np.float32(0.0) else v
+                                elif ACT == CLIP:
+                                    v = a if v < a else v
+                                    v = hi if v > hi else v
+                                else:
+                                    v = apply(ACT, v, a, beta)
+                                if has_post:
+                                    v = v * s + t
+                                out[ob_ + np.uint64(j)] = v
+    if cache:
+        _KERNELS[key] = kern
+    return kern
+
+
+PW_SIG = (types.float32[::1], types.float32[::1], types.float32[::1], types.int64, types.int64, types.int64,
+          types.float32[::1], types.float32[::1], types.boolean, types.float32[::1], types.float64,
+          types.boolean, types.float32[::1], types.float32[::1], types.int64)
+
+
+# -- direct kernel vectorized along the output row (few input channels: network stems) ------------------
+
+def pack_weights_px(w: np.ndarray, cot: int) -> np.ndarray:
+    """(COUT, CIN, KH, KW) -> flat (NOB, CIN, KH, KW, COT), zero-padded output channels."""
+    cout, cin, kh, kw = w.shape
+    nob = -(-cout // cot)
+    full = np.zeros((nob * cot, cin, kh, kw), np.float32)
+    full[:cout] = w
+    return np.ascontiguousarray(full.reshape(nob, cot, cin, kh, kw).transpose(0, 2, 3, 4, 1)).reshape(-1)
+
+
+def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
+    """kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
+    a dense convolution whose register tile is COT output channels (weights broadcast) x PXT consecutive
+    output pixels of one row (vector loads and stores). xp is laid out as depthwise.pack_rows makes it
+    (stride phases split, so every tap reads consecutive floats); out (COUT, OH, OW) in NCHW. Stores are
+    contiguous, which pays when each output sums few products (few input channels)."""
+    key = ("rowvec", KH, KW, SH, SW, DH, DW, COT, PXT, ACT)
+    k = _KERNELS.get(key) if cache else None
+    if k is not None:
+        return k
+    NACC = COT * PXT
+
+    @njit(cache=cache, fastmath=_FASTMATH)
+    def kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
+        nob = (COUT + COT - 1) // COT
+        P = OH * OW
+        hi = np.float32(beta)  # Clip's upper bound
+        acc = stack_f32(NACC)
+        for ob in range(nob):
+            for oh in range(OH):
+                for ow0 in range(0, OW, PXT):
+                    for i in range(NACC):
+                        acc[i] = 0.0
+                    for ci in range(CIN):
+                        for kh in range(KH):
+                            rb = ((ci * Hp + oh * SH + kh * DH) * SW)
+                            wr = ((ob * CIN + ci) * KH + kh) * KW * COT
+                            for kw in range(KW):
+                                col = kw * DW
+                                xo = np.uint64((rb + col % SW) * Wq + col // SW + ow0)
+                                wo = np.uint64(wr + kw * COT)
+                                for c in range(COT):
+                                    wv = w[wo + np.uint64(c)]
+                                    for j in range(PXT):
+                                        acc[c * PXT + j] += wv * xp[xo + np.uint64(j)]
+                    npx = OW - ow0
+                    for c in range(COT):
+                        co = ob * COT + c
+                        if co < COUT:
+                            b, a = bias[co], alpha[co]
+                            s, t = ps[co], pt[co]
+                            ob_ = np.uint64(co * P + oh * OW + ow0)
+                            for j in range(PXT):
+                                if j >= npx:
+                                    break
+                                v = acc[c * PXT + j] + b
+                                if has_res:
+                                    v += res[ob_ + np.uint64(j)]
+                                if ACT == RELU:
+                                    v = np.float32(0.0) if v < np.float32(0.0) else v
+                                elif ACT == CLIP:
+                                    v = a if v < a else v
+                                    v = hi if v > hi else v
+                                else:
+                                    v = apply(ACT, v, a, beta)
+                                if has_post:
+                                    v = v * s + t
+                                out[ob_ + np.uint64(j)] = v
+    if cache:
+        _KERNELS[key] = kern
+    return kern
+
+
+ROWVEC_SIG = (types.float32[::1], types.float32[::1], types.float32[::1], types.int64, types.int64,
+              types.int64, types.int64, types.int64, types.int64, types.float32[::1], types.float32[::1],
+              types.boolean, types.float32[::1], types.float64, types.boolean, types.float32[::1],
+              types.float32[::1])
