@@ -364,7 +364,7 @@ def _bn_fate(line: str) -> str:
     if "folded into the weights" in line:
         return "folded into weights"
     if "prologue" in line:
-        return "in a conv prologue"
+        return "in a prologue"
     if "epilogue" in line:
         return "in an epilogue"
     if "kept as" in line:
