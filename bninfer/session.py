@@ -183,6 +183,8 @@ class InferenceSession:
     # -- running ---------------------------------------------------------------------------------
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
             run_options: RunOptions | None = None) -> list[np.ndarray]:
+        if isinstance(output_names, str):
+            raise InputTypeError("output_names must be a list of names or None, not a string")
         feeds = self._check_feeds(input_feed)
         plan = self._plan_for({n: feeds[n].shape for n in self._graph.inputs})
         with self._threads:
@@ -192,10 +194,8 @@ class InferenceSession:
                 t0 = time.perf_counter_ns()
                 results = plan.run(feeds, self._profiler)
                 self._profiler.record_run(t0, time.perf_counter_ns())
-        if output_names is None:
+        if not output_names:  # None or [] mean every output, as in onnxruntime
             return results
-        if isinstance(output_names, str):
-            raise InputTypeError("output_names must be a list of names or None, not a string")
         index = {n: i for i, n in enumerate(self._graph.outputs)}
         missing = [n for n in output_names if n not in index]
         if missing:

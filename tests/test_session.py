@@ -44,6 +44,9 @@ def test_output_names_select_and_order():
     np.testing.assert_array_equal(z, z2)
     with pytest.raises(ValueError, match="'nope'"):
         sess.run(["nope"], {"x": x})
+    assert len(sess.run([], {"x": x})) == 2  # an empty list means every output, as in onnxruntime
+    with pytest.raises(TypeError, match="list of names"):
+        sess.run("y", {"x": x})
 
 
 def test_dynamic_batch_is_replanned():
