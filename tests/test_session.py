@@ -164,3 +164,26 @@ def test_session_options_fields_exist():
     so.enable_profiling = False
     assert bninfer.GraphOptimizationLevel.ORT_DISABLE_ALL < bninfer.GraphOptimizationLevel.ORT_ENABLE_BASIC \
         < bninfer.GraphOptimizationLevel.ORT_ENABLE_EXTENDED < bninfer.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_registry_is_complete_after_importing_one_op_module_first():
+    import subprocess
+    import sys
+    code = "import bninfer.ops.pool, bninfer.ops as o; print(o.get('Resize') is not None, o.get('Conv') is not None)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-500:]
+
+
+def test_arena_shares_blocks_between_values_whose_lives_do_not_overlap():
+    """A chain of 12 same-size ops needs two blocks (plus the input's), not twelve; results unchanged."""
+    nodes = [helper.make_node("Relu" if k % 2 else "Sigmoid", [f"t{k}" if k else "x"], [f"t{k + 1}"])
+             for k in range(12)]
+    model = make_model(nodes, {"x": [1, 64]}, ["t12"])
+    sess = bninfer.InferenceSession(model.SerializeToString())
+    plan = sess._plans[next(reversed(sess._plans))]
+    assert len(plan.block_sizes) <= 3 and plan.arena_bytes <= 3 * 64 * 4
+    x = randn(1, 64)
+    y = x
+    for k in range(12):
+        y = np.maximum(y, 0) if k % 2 else 1 / (1 + np.exp(-y))
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], y, rtol=1e-6)

@@ -87,18 +87,23 @@ def const_ints(node: Node, v: Value | None, what: str) -> list[int] | None:
     return [int(x) for x in np.asarray(v.data).reshape(-1)]
 
 
+_loaded = False
+
+
 def _load_all() -> None:
-    # Importing the modules registers their ops.
-    from . import elementwise, conv, pool, shape, reduce, norm, matmul, resize  # noqa: F401
+    """Import every op module (importing one registers its ops). Guarded by a flag, not by the registry
+    being empty: a caller may have imported one op module directly before."""
+    global _loaded
+    if not _loaded:
+        from . import elementwise, conv, pool, shape, reduce, norm, matmul, resize  # noqa: F401
+        _loaded = True
 
 
 def get(op: str) -> OpDef | None:
-    if not REGISTRY:
-        _load_all()
+    _load_all()
     return REGISTRY.get(op)
 
 
 def supported_ops() -> set[str]:
-    if not REGISTRY:
-        _load_all()
+    _load_all()
     return set(REGISTRY)
