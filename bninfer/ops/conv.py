@@ -13,6 +13,8 @@ Conv paths (batch 1 float32 single thread; ratios to onnxruntime in benchmarks/c
     kernels.conv_direct.rowvec_kernel (vectors along the output row); otherwise the register-tiled
     direct kernel kernels.conv_direct.direct_kernel on a padded copy of the input (1x1 convs below 64
     input channels that the pointwise kernel does not take stay on BLAS);
+  * dense 2-D 3x3, stride 1, dilation 1, at least 32 input channels, outputs at least 8x8: Winograd
+    F(2x2, 3x3), kernels.winograd (see `_use_winograd`: 1.5-1.7x the direct kernel on ResNet's layers);
   * depthwise (multiplier 1) 1-D/2-D with constant weights: kernels.depthwise, vectors along the row for
     rows of 24+ outputs, 16-channel blocks below;
   * any other depthwise: a direct loop kernel, prologue and epilogue fused;
@@ -510,6 +512,66 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     return run
 
 
+# -- Winograd F(2x2, 3x3) selection (bninfer.kernels.winograd) ------------------------------------------
+# 3x3, stride 1, dilation 1, group 1, 2-D, constant weights; taken only for the layer sizes where it measured
+# faster than the direct kernel (benchmarks/conv_layers.py): at least _WINO_MIN_CIN input channels and an
+# output of at least _WINO_MIN_SIZE on each side. The prologue is applied while packing (halo stays zero).
+_WINO_MIN_CIN = 32
+_WINO_MIN_SIZE = 8
+_WINO_TILES = 56  # tiles per chunk: at least this many (whole tile rows)
+
+
+def _wino_plan(OH: int, OW: int) -> tuple[int, int]:
+    """(RT, tile rows per chunk): the register tile (RT tiles x 32 output channels, RT in 8, 7, 6) that
+    wastes the least of the chunk's last partial tile group."""
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    ch = min(TH, max(1, -(-_WINO_TILES // TW)))
+    rt = min((8, 7, 6), key=lambda r: (-(-ch * TW // r) * r, -r))
+    return rt, ch
+
+
+def _use_winograd(g: Geometry) -> bool:
+    return (g.nsp == 2 and g.group == 1 and g.kernel == (3, 3) and g.strides == (1, 1)
+            and g.dilations == (1, 1) and g.in_channels >= _WINO_MIN_CIN
+            and min(g.out_spatial) >= _WINO_MIN_SIZE)
+
+
+def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
+    from ..kernels import winograd as WG
+    cin, cout = g.in_channels, g.out_channels
+    H, W = g.in_spatial
+    PH, PW = g.pads_begin
+    OH, OW = g.out_spatial
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    Hp, Wp = 2 * TH + 2, 2 * TW + 2  # covers the pads (stride 1: OH = H + pads - 2); extra rows are zero
+    cinb = -(-cin // 16)
+    nob = -(-cout // WG.COB)
+    U = WG.transform_weights(np.asarray(wdata, np.float32).reshape(cout, cin, 3, 3))
+    rt, ch = _wino_plan(OH, OW)
+    kern = WG.compile_now(WG.winograd_kernel(rt, ep.code))
+    plane = cinb * 16 * Hp * Wp
+    N = g.batch
+    xs, ys = cin * H * W, cout * OH * OW
+    alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+
+    def run(i, o):
+        y = o[0]
+        b = _runtime_bias(i, bias)
+        x = _flat(i[0])
+        yf = y.reshape(-1)
+        res, has_res = ep.residual_array(i)
+        xp = np.zeros(plane, np.float32)
+        for n in range(N):
+            if n:
+                xp[:] = 0.0
+            CD.pack_input(x[n * xs:(n + 1) * xs], xp, cin, H, W, 16, Hp, Wp, PH, PW, pro.has_pre,
+                          pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            r = res[n * ys:(n + 1) * ys] if has_res else res
+            kern(xp, U, yf[n * ys:(n + 1) * ys], cinb, Hp, Wp, cout, nob, OH, OW, b, r, has_res, alpha, beta,
+                 has_post, ps, pt, ch)
+    return run
+
+
 # -- Conv --------------------------------------------------------------------------------------------
 
 @register("Conv", infer=_conv_infer)
@@ -550,6 +612,8 @@ def _conv(node, ins, outs):
             and (ksize > 1 or g.in_channels >= _DIRECT_1X1_MIN_CIN):
         if g.in_channels <= _ROWVEC_MAX_CIN and ksize > 1:
             return _rowvec_conv(g, ep, pro, bias, wdata)
+        if _use_winograd(g):  # Winograd hook
+            return _winograd_conv(g, ep, pro, bias, wdata)
         fast = _direct_conv(g, ep, pro, bias, wdata)
         if fast is not None:
             return fast
