@@ -54,49 +54,34 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    """An argparse type: an integer >= minimum, with a one-line error naming what was expected."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "positive")
+_non_negative_int = _int_at_least(0, "non-negative")
 
 
 # ------------------------------------------------------------------------------------------------
-# The benchmark helpers live in benchmarks/ at the repository root (next to the bninfer package);
-# that directory is not part of the installed distribution, so load it from the checkout.
+# The benchmark helpers (the model zoo, the interleaved comparison) live in the benchmarks package.
 # ------------------------------------------------------------------------------------------------
 def _benchmarks_module(name: str) -> ModuleType:
-    """benchmarks.<name> (zoo or compare), from the checkout this bninfer was imported from."""
+    """benchmarks.<name> (zoo or compare): installed with bninfer (pyproject packages benchmarks*)."""
     full = f"benchmarks.{name}"
-    pkg = sys.modules.get("benchmarks")
-    if pkg is None:
-        root = Path(__file__).resolve().parent.parent / "benchmarks"
-        init = root / "__init__.py"
-        if init.is_file():
-            spec = importlib.util.spec_from_file_location("benchmarks", init,
-                                                          submodule_search_locations=[str(root)])
-            assert spec is not None and spec.loader is not None
-            pkg = importlib.util.module_from_spec(spec)
-            sys.modules["benchmarks"] = pkg
-            spec.loader.exec_module(pkg)
     try:
         return importlib.import_module(full)
     except ImportError as e:
         raise UsageError(f"the benchmark helpers ({full}) are not available in this installation "
-                         f"({e}); run bninfer from a source checkout") from None
+                         f"({e}); reinstall bninfer") from None
 
 
 # ------------------------------------------------------------------------------------------------
