@@ -75,6 +75,19 @@ def apply(code, x, alpha, beta):
     return x
 
 
+@njit(inline="always", cache=True)
+def activate(code, x, alpha, hi, beta):
+    """apply() for kernels specialised on a compile-time `code`: Relu and Clip as plain float32 selects
+    (the store loops stay vectorizable), everything else through apply(). `hi` is Clip's upper bound as
+    float32 (beta is float64 and would promote x)."""
+    if code == RELU:
+        return np.float32(0.0) if x < np.float32(0.0) else x
+    if code == CLIP:
+        x = alpha if x < alpha else x
+        return hi if x > hi else x
+    return apply(code, x, alpha, beta)
+
+
 @dataclass(frozen=True)
 class Activation:
     """How one ONNX activation op maps to a code and its (alpha, beta) parameters."""

@@ -36,7 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
-from ..activations import CLIP, RELU, apply
+from ..activations import activate, apply
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
 _lock = threading.RLock()
@@ -191,13 +191,7 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
                                 v = acc[px * COB + c] + b
                                 if has_res:
                                     v += res[ob_ + px]
-                                if ACT == RELU:
-                                    v = np.float32(0.0) if v < np.float32(0.0) else v
-                                elif ACT == CLIP:
-                                    v = a if v < a else v
-                                    v = hi if v > hi else v
-                                else:
-                                    v = apply(ACT, v, a, beta)
+                                v = activate(ACT, v, a, hi, beta)
                                 if has_post:
                                     v = v * s + t
                                 out[ob_ + px] = v
@@ -275,13 +269,7 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
                         if full and not has_res and not has_post:
                             for j in range(PXT):
                                 v = acc[c * PXT + j] + b
-                                if ACT == RELU:
-                                    v = np.float32(0.0) if v < np.float32(0.0) else v
-                                elif ACT == CLIP:
-                                    v = a if v < a else v
-                                    v = hi if v > hi else v
-                                else:
-                                    v = apply(ACT, v, a, beta)
+                                v = activate(ACT, v, a, hi, beta)
                                 out[ob_ + np.uint64(j)] = v
                         else:
                             for j in range(PXT):
@@ -290,13 +278,7 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
                                 v = acc[c * PXT + j] + b
                                 if has_res:
                                     v += res[ob_ + np.uint64(j)]
-                                if ACT == RELU:
-                                    v = np.float32(0.0) if v < np.float32(0.0) else v
-                                elif ACT == CLIP:
-                                    v = a if v < a else v
-                                    v = hi if v > hi else v
-                                else:
-                                    v = apply(ACT, v, a, beta)
+                                v = activate(ACT, v, a, hi, beta)
                                 if has_post:
                                     v = v * s + t
                                 out[ob_ + np.uint64(j)] = v
@@ -369,13 +351,7 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
                                 v = acc[c * PXT + j] + b
                                 if has_res:
                                     v += res[ob_ + np.uint64(j)]
-                                if ACT == RELU:
-                                    v = np.float32(0.0) if v < np.float32(0.0) else v
-                                elif ACT == CLIP:
-                                    v = a if v < a else v
-                                    v = hi if v > hi else v
-                                else:
-                                    v = apply(ACT, v, a, beta)
+                                v = activate(ACT, v, a, hi, beta)
                                 if has_post:
                                     v = v * s + t
                                 out[ob_ + np.uint64(j)] = v

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from ..activations import CLIP, RELU, apply
+from ..activations import activate, apply
 from .conv_direct import _FASTMATH, stack_f32
 
 _KERNELS: dict = {}
@@ -154,13 +154,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
                                 acc[j] += res[uo + np.uint64(j)]
                         for j in range(RW):
                             v = acc[j] + b
-                            if ACT == RELU:
-                                v = np.float32(0.0) if v < np.float32(0.0) else v
-                            elif ACT == CLIP:
-                                v = a if v < a else v
-                                v = hi if v > hi else v
-                            else:
-                                v = apply(ACT, v, a, beta)
+                            v = activate(ACT, v, a, hi, beta)
                             if has_post:
                                 v = v * s + t
                             out[uo + np.uint64(j)] = v
@@ -171,13 +165,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
                             v = acc[j] + b
                             if has_res:
                                 v += res[ob_ + j]
-                            if ACT == RELU:
-                                v = np.float32(0.0) if v < np.float32(0.0) else v
-                            elif ACT == CLIP:
-                                v = a if v < a else v
-                                v = hi if v > hi else v
-                            else:
-                                v = apply(ACT, v, a, beta)
+                            v = activate(ACT, v, a, hi, beta)
                             if has_post:
                                 v = v * s + t
                             out[ob_ + j] = v
@@ -249,13 +237,7 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
                                 v = acc[px * CB + c] + b
                                 if has_res:
                                     v += res[ob_ + px]
-                                if ACT == RELU:
-                                    v = np.float32(0.0) if v < np.float32(0.0) else v
-                                elif ACT == CLIP:
-                                    v = a if v < a else v
-                                    v = hi if v > hi else v
-                                else:
-                                    v = apply(ACT, v, a, beta)
+                                v = activate(ACT, v, a, hi, beta)
                                 if has_post:
                                     v = v * s + t
                                 out[ob_ + px] = v
