@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 NONE, RELU, LEAKY_RELU, PRELU, SIGMOID, TANH, HARD_SIGMOID, HARD_SWISH, SWISH, CLIP, ELU, SELU, CELU, \
     GELU, GELU_TANH, MISH, SOFTPLUS, SOFTSIGN = range(18)
@@ -75,17 +77,254 @@ def apply(code, x, alpha, beta):
     return x
 
 
+# -- float32, branch-free forms: straight-line code that LLVM vectorizes -----------------------------
+# libm's exp is a scalar call that keeps every store loop scalar (about 10 ns per element for SiLU).
+# These forms use only float32 arithmetic, selects and bit casts, so a store loop or a register tile
+# running them vectorizes. Accuracy: _exp32 is the Cephes expf polynomial (within 2 ulp over its range);
+# the activations built on it stay within a few float32 ulp of the float64 reference.
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # the low 32 bits, as the bits of a float32
+        return builder.bitcast(builder.trunc(args[0], ir.IntType(32)) if bits.bitwidth > 32 else args[0],
+                               ir.FloatType())
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _bits_of_f32(typingctx, x):
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _div32(typingctx, a, b):
+    """a / b in float32 without Numba's ZeroDivisionError check (IEEE: inf or NaN), which would put a
+    branch in every loop that divides."""
+    if a != types.float32 or b != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fdiv(args[0], args[1])
+    return types.float32(types.float32, types.float32), codegen
+
+
+@intrinsic
+def _sel(typingctx, cond, a, b):
+    """`a if cond else b` as one LLVM select: no branch, so straight-line code stays straight for the SLP
+    vectorizer (Numba turns a conditional expression into branches)."""
+    if cond != types.boolean or a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(args[0], args[1], args[2])
+    return a(types.boolean, a, b), codegen
+
+
+_F = np.float32
+_ROUND = _F(12582912.0)  # 1.5 * 2**23: adding it rounds a float32 of magnitude < 2**22 to an integer
+
+
+@njit(inline="always", cache=True)
+def _expm1_poly(r):
+    """e^r - 1 for |r| <= ln(2)/2 (Cephes expf's minimax polynomial)."""
+    p = _F(1.9875691500e-4)
+    p = p * r + _F(1.3981999507e-3)
+    p = p * r + _F(8.3334519073e-3)
+    p = p * r + _F(4.1665795894e-2)
+    p = p * r + _F(1.6666665459e-1)
+    p = p * r + _F(5.0000001201e-1)
+    return p * r * r + r
+
+
+@njit(inline="always", cache=True)
+def _exp32_parts(x):
+    """e^x in float32 as m * s1 * s2 (m in [0.7, 1.5], s1 and s2 powers of two): a caller can multiply a
+    factor into m first, so that a product like x * e^x stays exact where e^x alone would be denormal."""
+    x = _sel(x > _F(88.8), _F(88.8), x)  # written so that NaN passes both clamps
+    x = _sel(x < _F(-104.0), _F(-104.0), x)
+    t = x * _F(1.4426950408889634) + _ROUND
+    n = t - _ROUND  # round(x / ln 2)
+    r = x - n * _F(0.693359375)
+    r = r + n * _F(2.12194440e-4)
+    k = _bits_of_f32(t) - _bits_of_f32(_ROUND)  # the same integer, as int32
+    # 2^k as two factors, so that k down to -150 (denormal results) and up to 128 (inf) stay exact
+    k1 = k >> 1
+    s1 = _f32_from_bits((k1 + 127) << 23)
+    s2 = _f32_from_bits((k - k1 + 127) << 23)
+    return _expm1_poly(r) + _F(1.0), s1, s2
+
+
+@njit(inline="always", cache=True)
+def _exp32(x):
+    """e^x in float32: overflow gives inf, underflow gradual to 0, NaN stays NaN."""
+    m, s1, s2 = _exp32_parts(x)
+    return m * s1 * s2
+
+
+@njit(inline="always", cache=True)
+def _expm1_32(x):
+    """e^x - 1 in float32, accurate near 0 (where exp(x) - 1 would cancel)."""
+    near = abs(x) < _F(0.34)
+    return _sel(near, _expm1_poly(x), _exp32(x) - _F(1.0))
+
+
+@njit(inline="always", cache=True)
+def _swish32(x, alpha):
+    """x * sigmoid(alpha * x), from e^-|alpha x| so that nothing overflows; x is multiplied into e^-|z|
+    before its power-of-two scaling, so the tail keeps full precision where e^-|z| alone is denormal."""
+    z = alpha * x
+    m, s1, s2 = _exp32_parts(-abs(z))
+    e = m * s1 * s2
+    tail = _sel(e == _F(0.0), x * e, x * m * s1 * s2)  # x * e where e underflows: -inf * 0 is NaN, as in ONNX
+    return _div32(_sel(z >= _F(0.0), x, tail), _F(1.0) + e)
+
+
+@njit(inline="always", cache=True)
+def _sigmoid32(x):
+    return _swish32(_F(1.0), x)
+
+
+@njit(inline="always", cache=True)
+def _tanh32(x):
+    ax = abs(x)
+    # small |x|: Cephes tanhf's odd polynomial (keeps the sign of -0 and full relative accuracy)
+    z = x * x
+    p = _F(-5.70498872745e-3)
+    p = p * z + _F(2.06390887954e-2)
+    p = p * z - _F(5.37397155531e-2)
+    p = p * z + _F(1.33314422036e-1)
+    p = p * z - _F(3.33332819422e-1)
+    small = x * (_F(1.0) + z * p)  # not x + x*z*p: that turns -0 into +0
+    big = _F(1.0) - _div32(_F(2.0), _exp32(ax + ax) + _F(1.0))
+    big = _sel(x < _F(0.0), -big, big)
+    return _sel(ax >= _F(0.625), big, small)
+
+
 @njit(inline="always", cache=True)
 def activate(code, x, alpha, hi, beta):
-    """apply() for kernels specialised on a compile-time `code`: Relu and Clip as plain float32 selects
-    (the store loops stay vectorizable), everything else through apply(). `hi` is Clip's upper bound as
-    float32 (beta is float64 and would promote x)."""
+    """The activation `code` (a compile-time constant in the kernels that call this) of a float32 x, in
+    float32. The common activations are branch-free, so a loop or register tile that calls this
+    vectorizes; the rest go through apply(). `alpha` is float32 (the channel's slope or Clip's lower
+    bound), `hi` Clip's upper bound as float32, `beta` the float64 second parameter."""
+    x, alpha, hi, zero = _F(x), _F(alpha), _F(hi), _F(0.0)
+    if code == NONE:
+        return x
     if code == RELU:
-        return np.float32(0.0) if x < np.float32(0.0) else x
+        return _sel(x < zero, zero, x)
+    if code == LEAKY_RELU or code == PRELU:
+        return _sel(x < zero, x * alpha, x)
     if code == CLIP:
-        x = alpha if x < alpha else x
-        return hi if x > hi else x
-    return apply(code, x, alpha, beta)
+        x = _sel(x < alpha, alpha, x)
+        return _sel(x > hi, hi, x)
+    if code == SIGMOID:
+        return _sigmoid32(x)
+    if code == SWISH:
+        return _swish32(x, alpha)
+    if code == TANH:
+        return _tanh32(x)
+    if code == HARD_SIGMOID:
+        v = alpha * x + _F(beta)
+        v = _sel(v < zero, zero, v)  # NaN stays NaN
+        return _sel(v > _F(1.0), _F(1.0), v)
+    if code == HARD_SWISH:
+        v = x * _F(1.0 / 6.0) + _F(0.5)
+        v = _sel(v < zero, zero, v)
+        return x * _sel(v > _F(1.0), _F(1.0), v)
+    if code == ELU:
+        return _sel(x < zero, alpha * _expm1_32(x), x)
+    if code == SELU:
+        return _F(beta) * _sel(x <= zero, alpha * _expm1_32(x), x)
+    if code == CELU:
+        return _sel(x < zero, alpha * _expm1_32(_div32(x, alpha)), x)
+    if code == SOFTSIGN:
+        return _div32(x, _F(1.0) + abs(x))
+    return _F(apply(code, x, alpha, beta))
+
+
+# Codes whose inline form is a select or a multiply: a register tile's store loop runs them in place.
+# The rest are worth a pass of their own over the stored span (activate_span), a loop that vectorizes.
+INLINE_CODES = frozenset((NONE, RELU, LEAKY_RELU, PRELU, CLIP))
+
+
+@njit(inline="always", cache=True)
+def _span(code, buf, start, stop, alpha, hi, beta, has_post, s, t):
+    # blocks of 16 with a constant trip count: one vector each, even for the short spans a register
+    # tile stores (a plain loop would leave them to its unvectorized remainder); unsigned indices avoid
+    # the negative-index wraparound select, which would keep the loop scalar
+    i = start
+    while i + 16 <= stop:
+        u = np.uint64(i)
+        for j in range(16):
+            uj = u + np.uint64(j)
+            v = activate(code, buf[uj], alpha, hi, beta)
+            buf[uj] = v * s + t if has_post else v
+        i += 16
+    for k in range(i, stop):
+        uk = np.uint64(k)
+        v = activate(code, buf[uk], alpha, hi, beta)
+        buf[uk] = v * s + t if has_post else v
+
+
+@njit(cache=True)
+def activate_span(code, buf, start, stop, alpha, hi, beta, has_post, s, t):
+    """buf[start:stop] = act(buf[start:stop]) (then * s + t with has_post), for a run-time `code`: the
+    code is dispatched once, and each branch is a loop on a constant code, which the loop vectorizer
+    turns into vector code. Kernels built with the loop vectorizer off call this precompiled version
+    (see bninfer.kernels.conv_direct.compile_settings), so their expensive activations vectorize too.
+    They must pass exactly SPAN_SIG: a literal argument (a constant code, `False`) would make Numba
+    compile a new, unvectorized specialisation; hence `np.int64(ACT)` at the call sites."""
+    if code == NONE:
+        _span(NONE, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == RELU:
+        _span(RELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == LEAKY_RELU or code == PRELU:
+        _span(LEAKY_RELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == CLIP:
+        _span(CLIP, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == SIGMOID:
+        _span(SIGMOID, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == SWISH:
+        _span(SWISH, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == TANH:
+        _span(TANH, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == HARD_SIGMOID:
+        _span(HARD_SIGMOID, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == HARD_SWISH:
+        _span(HARD_SWISH, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == ELU:
+        _span(ELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == SELU:
+        _span(SELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == CELU:
+        _span(CELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    elif code == SOFTSIGN:
+        _span(SOFTSIGN, buf, start, stop, alpha, hi, beta, has_post, s, t)
+    else:  # Gelu, Mish, Softplus: libm, scalar
+        for i in range(start, stop):
+            v = np.float32(apply(code, buf[i], alpha, beta))
+            buf[i] = v * s + t if has_post else v
+
+
+@njit(inline="always", cache=True)
+def activate_planes(code, out, c0, c1, P, alpha, hi, beta, has_post, ps, pt):
+    """activate_span over the channel planes c0..c1-1 of an output (C, P) flat: what a register-tiled
+    kernel runs after finishing a block of channels, for the codes not in INLINE_CODES. Whole planes,
+    not the tile's short rows: a span of a vector or two leaves the activation's long dependency chain
+    nothing to overlap with."""
+    for c in range(c0, c1):
+        activate_span(code, out, c * P, c * P + P, alpha[c], hi, beta, has_post, ps[c], pt[c])
+
+
+SPAN_SIG = (types.int64, types.float32[::1], types.int64, types.int64, types.float32, types.float32,
+            types.float64, types.boolean, types.float32, types.float32)
 
 
 @dataclass(frozen=True)

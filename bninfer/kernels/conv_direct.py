@@ -36,7 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
-from ..activations import activate, apply
+from ..activations import INLINE_CODES, SPAN_SIG, activate, activate_planes, activate_span, apply
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
 _lock = threading.RLock()
@@ -69,6 +69,8 @@ def compile_settings():
     Numba code keeps its settings."""
     with _lock:
         old = numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE
+        # compiled first, with the loop vectorizer on: the kernels below link this vectorized version
+        activate_span.compile(SPAN_SIG)
         numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = 1, 0
         try:
             yield
@@ -149,6 +151,7 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
     if k is not None:
         return k
     NACC = RW * COB
+    INLINE = ACT in INLINE_CODES
 
     @njit(cache=cache, fastmath=_FASTMATH)
     def kern(xp, w, out, CINB, Hp, Wp, COUT, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
@@ -191,10 +194,14 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
                                 v = acc[px * COB + c] + b
                                 if has_res:
                                     v += res[ob_ + px]
-                                v = activate(ACT, v, a, hi, beta)
-                                if has_post:
-                                    v = v * s + t
+                                if INLINE:
+                                    v = activate(ACT, v, a, hi, beta)
+                                    if has_post:
+                                        v = v * s + t
                                 out[ob_ + px] = v
+            if not INLINE:
+                activate_planes(np.int64(ACT), out, ob * COB, min(ob * COB + COB, COUT), P, alpha, hi, beta,
+                                has_post, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -227,6 +234,7 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
     if k is not None:
         return k
     NACC = COT * PXT
+    INLINE = ACT in INLINE_CODES
 
     @njit(cache=cache, fastmath=_FASTMATH)
     def kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
@@ -269,7 +277,8 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
                         if full and not has_res and not has_post:
                             for j in range(PXT):
                                 v = acc[c * PXT + j] + b
-                                v = activate(ACT, v, a, hi, beta)
+                                if INLINE:
+                                    v = activate(ACT, v, a, hi, beta)
                                 out[ob_ + np.uint64(j)] = v
                         else:
                             for j in range(PXT):
@@ -278,10 +287,14 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
                                 v = acc[c * PXT + j] + b
                                 if has_res:
                                     v += res[ob_ + np.uint64(j)]
-                                v = activate(ACT, v, a, hi, beta)
-                                if has_post:
-                                    v = v * s + t
+                                if INLINE:
+                                    v = activate(ACT, v, a, hi, beta)
+                                    if has_post:
+                                        v = v * s + t
                                 out[ob_ + np.uint64(j)] = v
+            if not INLINE:
+                activate_planes(np.int64(ACT), out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta,
+                                has_post, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -314,6 +327,7 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
     if k is not None:
         return k
     NACC = COT * PXT
+    INLINE = ACT in INLINE_CODES
 
     @njit(cache=cache, fastmath=_FASTMATH)
     def kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
@@ -351,10 +365,14 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
                                 v = acc[c * PXT + j] + b
                                 if has_res:
                                     v += res[ob_ + np.uint64(j)]
-                                v = activate(ACT, v, a, hi, beta)
-                                if has_post:
-                                    v = v * s + t
+                                if INLINE:
+                                    v = activate(ACT, v, a, hi, beta)
+                                    if has_post:
+                                        v = v * s + t
                                 out[ob_ + np.uint64(j)] = v
+            if not INLINE:
+                activate_planes(np.int64(ACT), out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta,
+                                has_post, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern

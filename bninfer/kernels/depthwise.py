@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from ..activations import activate, apply
+from ..activations import INLINE_CODES, activate, activate_planes, apply
 from .conv_direct import _FASTMATH, stack_f32
 
 _KERNELS: dict = {}
@@ -114,6 +114,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
+    INLINE = ACT in INLINE_CODES
     PHASES = phases  # input split into stride phases (contiguous reads) or plain rows read with stride SW
     JS = 1 if phases else SW
 
@@ -154,9 +155,10 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
                                 acc[j] += res[uo + np.uint64(j)]
                         for j in range(RW):
                             v = acc[j] + b
-                            v = activate(ACT, v, a, hi, beta)
-                            if has_post:
-                                v = v * s + t
+                            if INLINE:
+                                v = activate(ACT, v, a, hi, beta)
+                                if has_post:
+                                    v = v * s + t
                             out[uo + np.uint64(j)] = v
                     else:
                         for j in range(RW):
@@ -165,10 +167,13 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
                             v = acc[j] + b
                             if has_res:
                                 v += res[ob_ + j]
-                            v = activate(ACT, v, a, hi, beta)
-                            if has_post:
-                                v = v * s + t
+                            if INLINE:
+                                v = activate(ACT, v, a, hi, beta)
+                                if has_post:
+                                    v = v * s + t
                             out[ob_ + j] = v
+            if not INLINE:
+                activate_planes(np.int64(ACT), out, c, c + 1, P, alpha, hi, beta, has_post, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -201,6 +206,7 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
     if k is not None:
         return k
     NACC = RW * CB
+    INLINE = ACT in INLINE_CODES
     PXS = SW * CB
     KWS = DW * CB
 
@@ -237,10 +243,14 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
                                 v = acc[px * CB + c] + b
                                 if has_res:
                                     v += res[ob_ + px]
-                                v = activate(ACT, v, a, hi, beta)
-                                if has_post:
-                                    v = v * s + t
+                                if INLINE:
+                                    v = activate(ACT, v, a, hi, beta)
+                                    if has_post:
+                                        v = v * s + t
                                 out[ob_ + px] = v
+            if not INLINE:
+                activate_planes(np.int64(ACT), out, cb * CB, min(cb * CB + CB, C), P, alpha, hi, beta, has_post,
+                                ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern

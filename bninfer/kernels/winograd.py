@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit, types
 
-from ..activations import CLIP, NONE, RELU, apply
+from ..activations import CLIP, NONE, RELU, activate
 from .conv_direct import _FASTMATH, _lock, stack_f32
 
 COB = 32  # output channels per register tile (two zmm vectors)
@@ -293,7 +293,7 @@ def out_kernel(ACT, cache=True):
                                     v = a if v < a else v
                                     v = hi if v > hi else v
                                 elif ACT != NONE:
-                                    v = apply(ACT, v, ap[co], beta)
+                                    v = activate(ACT, v, ap[co], hi, beta)
                             if has_post:
                                 v = v * ps[co] + pt[co]
                             out[ob] = v
