@@ -28,6 +28,7 @@ ConvTranspose: one batched matmul to columns (the prologue applied to the input 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,22 @@ from ..kernels import depthwise as DWK
 from . import fusion, register, require_float32
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+class _PaddedInput:
+    """A node's padded input buffer, one per thread, kept across runs. The packers write only the
+    interior, so the zero border (and channel padding, and the slack past the end) stays zero: a run
+    neither allocates nor clears megabytes it would otherwise pay for in page faults or memset."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._local = threading.local()
+
+    def get(self) -> np.ndarray:
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = np.zeros(self.size, np.float32)
+        return buf
 _EMPTY = np.zeros(1, np.float32)  # stands for an absent residual (never read, never written)
 
 
@@ -351,6 +368,7 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     Hp = H + PH + EH
     Wq = DWK.dw_layout(W, PW, EW, SW, KW, DW, pxt, OW)
     plane = cin * Hp * SW * Wq
+    padded = _PaddedInput(plane)
     N = g.batch
     xs, ys = cin * H * W, cout * OH * OW
     alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
@@ -361,7 +379,7 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         x = _flat(i[0])
         yf = y.reshape(-1)
         res, has_res = ep.residual_array(i)
-        xp = np.zeros(plane, np.float32)
+        xp = padded.get()
         for n in range(N):
             if n:
                 xp[:] = 0.0
@@ -399,6 +417,7 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     slack = rw * SW + KW * DW
     kern = CD.direct_kernel(KH, KW, SH, SW, DH, DW, cib, cob, rw, ep.code)
     CD.compile_now(kern, CD.DIRECT_SIG)
+    padded = _PaddedInput(plane + slack)
     N = g.batch
     xs, ys = cin * H * W, cout * OH * OW
     alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
@@ -409,7 +428,7 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         x = _flat(i[0])
         yf = y.reshape(-1)
         res, has_res = ep.residual_array(i)
-        xp = np.zeros(plane + slack, np.float32)
+        xp = padded.get()
         for n in range(N):
             if n:
                 xp[:plane] = 0.0
@@ -481,12 +500,15 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         slack = (rw * SW + KW * DW) * 16
     else:  # long rows: vectors along the row
         rw = DWK.pick_rw(OW)
-        kern = DWK.depthwise_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW)
+        # strided: plain padded rows read with a stride (splitting the input into stride phases first
+        # cost twice the whole convolution on MobileNet's 112x112 stride-2 layer)
+        kern = DWK.depthwise_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW, phases=SW == 1)
         w = np.array(wdata, np.float32).reshape(-1)
-        Wq = DWK.dw_layout(W, PW, EW, SW, KW, DW, rw, OW)
-        plane = C * Hp * SW * Wq
+        Wq = max(W + PW + EW, -(-OW // rw) * rw * SW + (KW - 1) * DW)
+        plane = C * Hp * Wq
         slack = 0
     CD.compile_now(kern, DWK.DW_SIG)
+    padded = _PaddedInput(plane + slack)
     xs, ys = C * H * W, C * OH * OW
     alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
 
@@ -496,7 +518,7 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         x = _flat(i[0])
         yf = y.reshape(-1)
         res, has_res = ep.residual_array(i)
-        xp = np.zeros(plane + slack, np.float32)
+        xp = padded.get()
         for n in range(N):
             if n:
                 xp[:plane] = 0.0
@@ -504,7 +526,7 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
                 CD.pack_input(x[n * xs:(n + 1) * xs], xp, C, H, W, 16, Hp, Wq, PH, PW, pro.has_pre,
                               pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
             else:
-                DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, C, H, W, Hp, SW, Wq, PH, PW, pro.has_pre,
+                DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, C, H, W, Hp, 1, Wq, PH, PW, pro.has_pre,
                               pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
             r = res[n * ys:(n + 1) * ys] if has_res else res
             kern(xp, w, yf[n * ys:(n + 1) * ys], C, Hp, Wq, OH, OW, b, r, has_res, alpha, beta, has_post,
@@ -550,6 +572,7 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     rt, ch = _wino_plan(OH, OW)
     kern = WG.compile_now(WG.winograd_kernel(rt, ep.code))
     plane = cinb * 16 * Hp * Wp
+    padded = _PaddedInput(plane)
     N = g.batch
     xs, ys = cin * H * W, cout * OH * OW
     alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
@@ -560,7 +583,7 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         x = _flat(i[0])
         yf = y.reshape(-1)
         res, has_res = ep.residual_array(i)
-        xp = np.zeros(plane, np.float32)
+        xp = padded.get()
         for n in range(N):
             if n:
                 xp[:] = 0.0
