@@ -250,81 +250,94 @@ def activate(code, x, alpha, hi, beta):
 
 
 # Codes whose inline form is a select or a multiply: a register tile's store loop runs them in place.
-# The rest are worth a pass of their own over the stored span (activate_span), a loop that vectorizes.
+# The rest are worth a pass of their own over each finished channel plane (activate_planes), a loop
+# that vectorizes.
 INLINE_CODES = frozenset((NONE, RELU, LEAKY_RELU, PRELU, CLIP))
 
-
-@njit(inline="always", cache=True)
-def _span(code, buf, start, stop, alpha, hi, beta, has_post, s, t):
-    # blocks of 16 with a constant trip count: one vector each, even for the short spans a register
-    # tile stores (a plain loop would leave them to its unvectorized remainder); unsigned indices avoid
-    # the negative-index wraparound select, which would keep the loop scalar
-    i = start
-    while i + 16 <= stop:
-        u = np.uint64(i)
-        for j in range(16):
-            uj = u + np.uint64(j)
-            v = activate(code, buf[uj], alpha, hi, beta)
-            buf[uj] = v * s + t if has_post else v
-        i += 16
-    for k in range(i, stop):
-        uk = np.uint64(k)
-        v = activate(code, buf[uk], alpha, hi, beta)
-        buf[uk] = v * s + t if has_post else v
+SPAN_SIG = (types.float32[::1], types.int64, types.int64, types.float32, types.float32, types.float64,
+            types.boolean, types.float32, types.float32)
 
 
-@njit(cache=True)
-def activate_span(code, buf, start, stop, alpha, hi, beta, has_post, s, t):
-    """buf[start:stop] = act(buf[start:stop]) (then * s + t with has_post), for a run-time `code`: the
-    code is dispatched once, and each branch is a loop on a constant code, which the loop vectorizer
-    turns into vector code. Kernels built with the loop vectorizer off call this precompiled version
-    (see bninfer.kernels.conv_direct.compile_settings), so their expensive activations vectorize too.
-    They must pass exactly SPAN_SIG: a literal argument (a constant code, `False`) would make Numba
-    compile a new, unvectorized specialisation; hence `np.int64(ACT)` at the call sites."""
-    if code == NONE:
-        _span(NONE, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == RELU:
-        _span(RELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == LEAKY_RELU or code == PRELU:
-        _span(LEAKY_RELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == CLIP:
-        _span(CLIP, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == SIGMOID:
-        _span(SIGMOID, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == SWISH:
-        _span(SWISH, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == TANH:
-        _span(TANH, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == HARD_SIGMOID:
-        _span(HARD_SIGMOID, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == HARD_SWISH:
-        _span(HARD_SWISH, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == ELU:
-        _span(ELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == SELU:
-        _span(SELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == CELU:
-        _span(CELU, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    elif code == SOFTSIGN:
-        _span(SOFTSIGN, buf, start, stop, alpha, hi, beta, has_post, s, t)
-    else:  # Gelu, Mish, Softplus: libm, scalar
-        for i in range(start, stop):
-            v = np.float32(apply(code, buf[i], alpha, beta))
-            buf[i] = v * s + t if has_post else v
+def _make_span(code: int):
+    """span(buf, start, stop, alpha, hi, beta, has_post, s, t): buf[start:stop] = act(buf[start:stop])
+    (then * s + t with has_post) for one code: a loop the loop vectorizer turns into vector code."""
+    CODE = code
+
+    @njit(cache=True)
+    def span(buf, start, stop, alpha, hi, beta, has_post, s, t):
+        # unsigned indices: no negative-index wraparound select, which would keep the loop scalar
+        if has_post:
+            for i in range(start, stop):
+                u = np.uint64(i)
+                buf[u] = activate(CODE, buf[u], alpha, hi, beta) * s + t
+        else:
+            for i in range(start, stop):
+                u = np.uint64(i)
+                buf[u] = activate(CODE, buf[u], alpha, hi, beta)
+    return span
+
+
+# One small function per code, as module globals: a kernel that captured one in its closure would get a
+# new cache key in every process (a dispatcher never pickles the same twice), and one function
+# dispatching on a run-time code over all of them took LLVM minutes to compile.
+_span_sigmoid, _span_swish, _span_tanh = _make_span(SIGMOID), _make_span(SWISH), _make_span(TANH)
+_span_hard_sigmoid, _span_hard_swish = _make_span(HARD_SIGMOID), _make_span(HARD_SWISH)
+_span_elu, _span_selu, _span_celu = _make_span(ELU), _make_span(SELU), _make_span(CELU)
+_span_softsign = _make_span(SOFTSIGN)
+SPANS = {SIGMOID: _span_sigmoid, SWISH: _span_swish, TANH: _span_tanh, HARD_SIGMOID: _span_hard_sigmoid,
+         HARD_SWISH: _span_hard_swish, ELU: _span_elu, SELU: _span_selu, CELU: _span_celu,
+         SOFTSIGN: _span_softsign}
+
+
+def compile_span(code: int) -> None:
+    """Compile (or load from the cache) the span of `code` with the loop vectorizer on. A kernel built
+    with the loop vectorizer off (bninfer.kernels.conv_direct.compile_settings) has this called first:
+    it then links the vectorized version instead of compiling a scalar one of its own. (Its
+    activate_planes call has a constant code, so Numba prunes the other branches and never compiles
+    the other spans.)"""
+    import numba
+    span = SPANS.get(code)
+    if span is None or span.signatures:
+        return
+    old = numba.config.LOOP_VECTORIZE
+    numba.config.LOOP_VECTORIZE = 1
+    try:
+        span.compile(SPAN_SIG)
+    finally:
+        numba.config.LOOP_VECTORIZE = old
 
 
 @njit(inline="always", cache=True)
 def activate_planes(code, out, c0, c1, P, alpha, hi, beta, has_post, ps, pt):
-    """activate_span over the channel planes c0..c1-1 of an output (C, P) flat: what a register-tiled
-    kernel runs after finishing a block of channels, for the codes not in INLINE_CODES. Whole planes,
-    not the tile's short rows: a span of a vector or two leaves the activation's long dependency chain
-    nothing to overlap with."""
+    """The activation of channel planes c0..c1-1 of an output (C, P) flat, for a code not in
+    INLINE_CODES (a compile-time constant in the kernels: only its own branch survives): what a
+    register-tiled kernel runs after finishing a block of channels. Whole planes, not a tile's short
+    rows: a span of a vector or two leaves the activation's long dependency chain nothing to overlap
+    with. Gelu, Mish and Softplus (libm) take a scalar loop."""
     for c in range(c0, c1):
-        activate_span(code, out, c * P, c * P + P, alpha[c], hi, beta, has_post, ps[c], pt[c])
-
-
-SPAN_SIG = (types.int64, types.float32[::1], types.int64, types.int64, types.float32, types.float32,
-            types.float64, types.boolean, types.float32, types.float32)
+        a, s, t, b, e = alpha[c], ps[c], pt[c], c * P, c * P + P
+        if code == SIGMOID:
+            _span_sigmoid(out, b, e, a, hi, beta, has_post, s, t)
+        elif code == SWISH:
+            _span_swish(out, b, e, a, hi, beta, has_post, s, t)
+        elif code == TANH:
+            _span_tanh(out, b, e, a, hi, beta, has_post, s, t)
+        elif code == HARD_SIGMOID:
+            _span_hard_sigmoid(out, b, e, a, hi, beta, has_post, s, t)
+        elif code == HARD_SWISH:
+            _span_hard_swish(out, b, e, a, hi, beta, has_post, s, t)
+        elif code == ELU:
+            _span_elu(out, b, e, a, hi, beta, has_post, s, t)
+        elif code == SELU:
+            _span_selu(out, b, e, a, hi, beta, has_post, s, t)
+        elif code == CELU:
+            _span_celu(out, b, e, a, hi, beta, has_post, s, t)
+        elif code == SOFTSIGN:
+            _span_softsign(out, b, e, a, hi, beta, has_post, s, t)
+        else:
+            for i in range(b, e):
+                v = np.float32(apply(code, out[i], a, beta))
+                out[i] = v * s + t if has_post else v
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..activations import CLIP, NONE, RELU, activate_span, apply
+from ..activations import CLIP, NONE, RELU, apply
 
 GEOM_LEN = 20
 
@@ -42,7 +42,7 @@ def _kernel_range(base, dil, size, k):
 @njit(inline="always", cache=True)
 def _epilogue_row(acc, out, b, res, has_res, code, a, beta, has_post, ps, pt):
     """out = ps * act(acc + b + res, a, beta) + pt over one row (acc may be out itself). No activation
-    and ReLU get plain loops that vectorize; the others a second pass, activate_span."""
+    and ReLU get plain loops that vectorize; the others go through the activation table."""
     n = acc.size
     if code == NONE or code == RELU:
         zero = np.float32(0.0)
@@ -71,8 +71,10 @@ def _epilogue_row(acc, out, b, res, has_res, code, a, beta, has_post, ps, pt):
             v = acc[j] + b
             if has_res:
                 v += res[j]
+            v = apply(code, v, a, beta)
+            if has_post:
+                v = v * ps + pt
             out[j] = v
-        activate_span(code, out, 0, n, np.float32(a), np.float32(beta), beta, has_post, ps, pt)
 
 
 @njit(cache=True)

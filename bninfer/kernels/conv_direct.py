@@ -36,7 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
-from ..activations import INLINE_CODES, SPAN_SIG, activate, activate_planes, activate_span, apply
+from ..activations import INLINE_CODES, activate, activate_planes, apply, compile_span
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
 _lock = threading.RLock()
@@ -69,8 +69,6 @@ def compile_settings():
     Numba code keeps its settings."""
     with _lock:
         old = numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE
-        # compiled first, with the loop vectorizer on: the kernels below link this vectorized version
-        activate_span.compile(SPAN_SIG)
         numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = 1, 0
         try:
             yield
@@ -152,6 +150,7 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
         return k
     NACC = RW * COB
     INLINE = ACT in INLINE_CODES
+    compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
     @njit(cache=cache, fastmath=_FASTMATH)
     def kern(xp, w, out, CINB, Hp, Wp, COUT, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
@@ -200,8 +199,8 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
                                         v = v * s + t
                                 out[ob_ + px] = v
             if not INLINE:
-                activate_planes(np.int64(ACT), out, ob * COB, min(ob * COB + COB, COUT), P, alpha, hi, beta,
-                                has_post, ps, pt)
+                activate_planes(ACT, out, ob * COB, min(ob * COB + COB, COUT), P, alpha, hi, beta, has_post, ps,
+                                pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -235,6 +234,7 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
         return k
     NACC = COT * PXT
     INLINE = ACT in INLINE_CODES
+    compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
     @njit(cache=cache, fastmath=_FASTMATH)
     def kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
@@ -293,8 +293,8 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
                                         v = v * s + t
                                 out[ob_ + np.uint64(j)] = v
             if not INLINE:
-                activate_planes(np.int64(ACT), out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta,
-                                has_post, ps, pt)
+                activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, has_post, ps,
+                                pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -328,6 +328,7 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
         return k
     NACC = COT * PXT
     INLINE = ACT in INLINE_CODES
+    compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
     @njit(cache=cache, fastmath=_FASTMATH)
     def kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
@@ -371,8 +372,8 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
                                         v = v * s + t
                                 out[ob_ + np.uint64(j)] = v
             if not INLINE:
-                activate_planes(np.int64(ACT), out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta,
-                                has_post, ps, pt)
+                activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, has_post, ps,
+                                pt)
     if cache:
         _KERNELS[key] = kern
     return kern

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from ..activations import INLINE_CODES, activate, activate_planes, apply
+from ..activations import INLINE_CODES, activate, activate_planes, apply, compile_span
 from .conv_direct import _FASTMATH, stack_f32
 
 _KERNELS: dict = {}
@@ -115,6 +115,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
     if k is not None:
         return k
     INLINE = ACT in INLINE_CODES
+    compile_span(ACT)  # before this kernel, which links its loop-vectorized code
     PHASES = phases  # input split into stride phases (contiguous reads) or plain rows read with stride SW
     JS = 1 if phases else SW
 
@@ -173,7 +174,8 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
                                     v = v * s + t
                             out[ob_ + j] = v
             if not INLINE:
-                activate_planes(np.int64(ACT), out, c, c + 1, P, alpha, hi, beta, has_post, ps, pt)
+                activate_planes(ACT, out, c, c + 1, P, alpha, hi, beta, has_post, ps,
+                                pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -207,6 +209,7 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
         return k
     NACC = RW * CB
     INLINE = ACT in INLINE_CODES
+    compile_span(ACT)  # before this kernel, which links its loop-vectorized code
     PXS = SW * CB
     KWS = DW * CB
 
@@ -249,8 +252,8 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
                                         v = v * s + t
                                 out[ob_ + px] = v
             if not INLINE:
-                activate_planes(np.int64(ACT), out, cb * CB, min(cb * CB + CB, C), P, alpha, hi, beta, has_post,
-                                ps, pt)
+                activate_planes(ACT, out, cb * CB, min(cb * CB + CB, C), P, alpha, hi, beta, has_post, ps,
+                                pt)
     if cache:
         _KERNELS[key] = kern
     return kern

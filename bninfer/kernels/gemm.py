@@ -7,7 +7,7 @@ in place, for each of `rows` rows of `n` columns (column c = output feature c):
 
 A row is processed in a few short passes while it sits in L1, each pass a branch-free loop over the
 columns that LLVM vectorizes (bias/residual add, ReLU/LeakyReLU/PReLU/Clip, scale/shift); other
-activations go through `activations.activate_span`, which vectorizes too. (A generic per-element epilogue that
+activations go through `activations.apply` element by element. (A generic per-element epilogue that
 branches on the activation code inside the loop ran 5-20x slower on an (M, N) output.)
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..activations import CLIP, LEAKY_RELU, NONE, PRELU, RELU, activate_span
+from ..activations import CLIP, LEAKY_RELU, NONE, PRELU, RELU, apply
 
 
 @njit(cache=True)
@@ -51,8 +51,9 @@ def row_epilogue(y, rows, n, bias, has_bias, residual, has_residual, code, alpha
             for c in range(n):
                 v = y[base + c]
                 y[base + c] = lo if v < lo else (hi if v > hi else v)
-        else:  # alpha is per channel only for PRelu, handled above
-            activate_span(code, y, base, base + n, alpha[0], hi, beta, False, zero, zero)
+        else:
+            for c in range(n):
+                y[base + c] = apply(code, y[base + c], alpha[c], beta)
         if has_post:
             for c in range(n):
                 y[base + c] = y[base + c] * post_scale[c] + post_shift[c]

@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import int64, njit, uint64
+from numba import njit, uint64
 
 from .. import activations
+from ..activations import apply
 
 LANES = 64
 
@@ -106,10 +107,10 @@ def _activate(out, o0, n, code, alpha, a0, a_step, beta):
         for i in range(uint64(n)):
             v = out[o0 + i]
             out[o0 + i] = v * alpha[a0 + i] if v < zero else v
-    else:  # alpha varies per channel only for PRelu, handled above
-        one = np.float32(1.0)
-        activations.activate_span(code, out, int64(o0), int64(o0) + n, alpha[a0], np.float32(beta), beta, False,
-                                  one, one - one)
+    else:
+        a0, a_step = uint64(a0), uint64(a_step)
+        for i in range(uint64(n)):
+            out[o0 + i] = apply(code, out[o0 + i], alpha[a0 + i * a_step], beta)
 
 
 @njit(cache=True)
