@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
+from bninfer import activations
 from bninfer.kernels import conv_direct as CD
 from bninfer.kernels import depthwise as DWK
 from tests.test_conv import _model, _ort_plain, _run_fused
@@ -121,6 +122,8 @@ POINTWISE = [
     ((1, 64, 7, 7), (30, 64, 1, 1), dict()),                         # 49 px: direct kernel instead
     ((1, 16, 17, 19), (20, 16, 1, 1), dict(strides=[2, 2])),         # strided: subsampled first
     ((1, 16, 160), (12, 16, 1), dict()),                             # 1-D
+    ((2, 70, 14, 14), (26, 70, 1, 1), dict()),                       # 196 px: overlapping last tile, batch 2
+    ((1, 8, 29, 29), (12, 8, 1, 1), dict(strides=[2, 2])),           # 225 px after subsampling
 ]
 
 
@@ -128,6 +131,24 @@ POINTWISE = [
 def test_pointwise(x_shape, w_shape, attrs):
     model, feeds = _model("Conv", x_shape, w_shape, True, attrs)
     assert_matches_ort(model, feeds)
+
+
+@pytest.mark.parametrize("P", [32, 33, 63, 100])
+def test_pointwise_kernel_last_tile_overlaps(P):
+    """Every P >= the pixel tile: the last tile is moved back to end at P; its outputs (with residual
+    and a per-channel affine) equal a float64 reference, and nothing past P is written."""
+    cin, cout = 7, 15
+    cot, pxt = 12, 32
+    x, w = randn(cin, P, seed=P), randn(cout, cin, seed=P + 1)
+    b, res, ps, pt = randn(cout, seed=2), randn(cout, P, seed=3), randn(cout, seed=4), randn(cout, seed=5)
+    kern = CD.pointwise_kernel(cot, pxt, activations.RELU)  # applied inline in the tile store
+    CD.compile_now(kern, CD.PW_SIG)
+    out = np.full(cout * P + 40, 7.0, np.float32)
+    kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, b, res.reshape(-1), True,
+         np.zeros(cout, np.float32), 0.0, True, ps, pt, 0)
+    ref = (np.maximum(w.astype(np.float64) @ x + b[:, None] + res, 0) * ps[:, None] + pt[:, None])
+    np.testing.assert_allclose(out[:cout * P].reshape(cout, P), ref, rtol=1e-5, atol=1e-5)
+    assert (out[cout * P:] == 7.0).all()
 
 
 @pytest.mark.parametrize("activation", ACTS[:3], ids=str)

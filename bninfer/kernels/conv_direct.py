@@ -227,7 +227,10 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
     """kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, 0): the 1x1
     convolution out (COUT, P) = W (COUT, CIN) . x (CIN, P) on NCHW data, a register tile of COT output
     channels (weights broadcast) x PXT consecutive pixels (vector loads and stores), epilogue fused.
-    No packing of the input; the last partial pixel tile of each block takes a scalar loop."""
+    No packing of the input. P >= PXT: when PXT does not divide P, the last tile is moved back to end at
+    P, overlapping its neighbour, so every tile is a full vector tile; the pixels both compute get the
+    same sums in the same order, so writing them twice is harmless (a scalar remainder loop made 28x28
+    and 14x14 layers run at half speed)."""
     key = ("pw", COT, PXT, ACT)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
@@ -242,56 +245,35 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
         hi = np.float32(beta)  # Clip's upper bound
         acc = stack_f32(NACC)
         uP = np.uint64(P)
+        ntiles = (P + PXT - 1) // PXT
         for ob in range(nob):
             wb = ob * CIN * COT
-            for p0 in range(0, P, PXT):
-                full = p0 + PXT <= P
+            for t in range(ntiles):
+                p0 = min(t * PXT, P - PXT)
                 for i in range(NACC):
                     acc[i] = 0.0
-                if full:
-                    for ci in range(ci0, CIN):
-                        xo = np.uint64(ci) * uP + np.uint64(p0)
-                        wo = np.uint64(wb + ci * COT)
-                        for c in range(COT):
-                            wv = w[wo + np.uint64(c)]
-                            for j in range(PXT):
-                                acc[c * PXT + j] += wv * x[xo + np.uint64(j)]
-                else:
-                    npx = P - p0
-                    for ci in range(CIN):
-                        xo = ci * P + p0
-                        wo = wb + ci * COT
-                        for c in range(COT):
-                            wv = w[wo + c]
-                            for j in range(PXT):
-                                if j >= npx:
-                                    break
-                                acc[c * PXT + j] += wv * x[xo + j]
+                for ci in range(ci0, CIN):
+                    xo = np.uint64(ci) * uP + np.uint64(p0)
+                    wo = np.uint64(wb + ci * COT)
+                    for c in range(COT):
+                        wv = w[wo + np.uint64(c)]
+                        for j in range(PXT):
+                            acc[c * PXT + j] += wv * x[xo + np.uint64(j)]
                 for c in range(COT):
                     co = ob * COT + c
                     if co < COUT:
                         b, a = bias[co], alpha[co]
-                        s, t = ps[co], pt[co]
+                        s, t_ = ps[co], pt[co]
                         ob_ = np.uint64(co) * uP + np.uint64(p0)
-                        n = PXT if full else P - p0
-                        if full and not has_res and not has_post:
-                            for j in range(PXT):
-                                v = acc[c * PXT + j] + b
-                                if INLINE:
-                                    v = activate(ACT, v, a, hi, beta)
-                                out[ob_ + np.uint64(j)] = v
-                        else:
-                            for j in range(PXT):
-                                if j >= n:
-                                    break
-                                v = acc[c * PXT + j] + b
-                                if has_res:
-                                    v += res[ob_ + np.uint64(j)]
-                                if INLINE:
-                                    v = activate(ACT, v, a, hi, beta)
-                                    if has_post:
-                                        v = v * s + t
-                                out[ob_ + np.uint64(j)] = v
+                        for j in range(PXT):
+                            v = acc[c * PXT + j] + b
+                            if has_res:
+                                v += res[ob_ + np.uint64(j)]
+                            if INLINE:
+                                v = activate(ACT, v, a, hi, beta)
+                                if has_post:
+                                    v = v * s + t_
+                            out[ob_ + np.uint64(j)] = v
             if not INLINE:
                 activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, has_post, ps,
                                 pt)

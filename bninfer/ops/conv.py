@@ -624,8 +624,8 @@ def _conv(node, ins, outs):
     wdata = ins[1].data
     if wdata is not None and depthwise and mult == 1 and g.nsp <= 2 and np.prod(out_shape) > 0:
         return _depthwise_conv(g, ep, pro, bias, wdata)
-    # the pointwise kernel's last partial pixel tile is scalar: small images (7x7) go to the direct kernel;
-    # a strided unpadded 1x1 conv subsamples its input first
+    # small images (7x7: the pointwise kernel's overlapping last tile would redo a third of the work) go to
+    # the direct kernel; a strided unpadded 1x1 conv subsamples its input first
     strided_1x1 = (ksize == 1 and not any(g.pads_begin) and not any(g.pads_end) and not pro.has_pre
                    and g.nsp <= 2)
     if wdata is not None and (pointwise or strided_1x1) and G == 1 and np.prod(out_shape) > 0 and _PW_TILE \
