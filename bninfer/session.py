@@ -15,7 +15,7 @@ from . import passes, serialize
 from .errors import BninferError, InputError, InputTypeError, ModelError
 from .ir import Graph
 from .plan import Plan
-from .threads import ThreadLimit
+from .threads import RunThreads
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -98,7 +98,8 @@ class InferenceSession:
             raise ModelError(f"the .bninfer graph is inconsistent: {type(e).__name__}: {e}") from None
         if self._options.optimized_model_filepath:
             self.save_optimized(self._options.optimized_model_filepath)
-        self._threads = ThreadLimit(self._options.intra_op_num_threads)
+        self._threads = RunThreads(self._options.intra_op_num_threads)
+        self._checked: set = set()  # (input name, dtype, shape) seen valid: later runs skip the checks
         self._profiler = None
         if self._options.enable_profiling:
             from .profiling import Profiler
@@ -214,6 +215,15 @@ class InferenceSession:
         missing = [n for n in expected if n not in input_feed]
         if missing:
             raise InputError(f"missing input(s) {missing}; the model's inputs are {expected}")
+        if len(input_feed) == len(expected):  # the common case: arrays as in an earlier, checked run
+            feeds = {}
+            for name in expected:
+                array = input_feed[name]
+                if type(array) is not np.ndarray or (name, array.dtype, array.shape) not in self._checked:
+                    break
+                feeds[name] = array
+            else:
+                return feeds
         feeds = {}
         for name in expected:
             array = input_feed[name]
@@ -235,6 +245,8 @@ class InferenceSession:
                 if not isinstance(want, int) and got == 0:
                     raise InputError(f"input {name!r}: dynamic dimension {axis} ({want!r}) is 0")
             feeds[name] = array
+        if len(self._checked) < 64:
+            self._checked.update((n, a.dtype, a.shape) for n, a in feeds.items())
         return feeds
 
     # -- profiling (onnxruntime API) -------------------------------------------------------------

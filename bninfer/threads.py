@@ -1,13 +1,40 @@
-"""Honour SessionOptions.intra_op_num_threads for the native library bninfer calls that runs threads of
-its own: the BLAS behind numpy (OpenBLAS/MKL, for Gemm/MatMul and im2col convolutions). bninfer's Numba
-kernels are single-threaded (no parallel region), so Numba's pool is left alone.
+"""Threads for one run: SessionOptions.intra_op_num_threads splits bninfer's large kernels, and large
+GEMMs, over a pool of worker threads; the BLAS behind numpy (OpenBLAS/MKL) runs single-threaded inside
+a run.
 
-The limit is applied for the duration of each run and restored afterwards, so a user's own numpy and
-Numba code keeps its settings. threadpoolctl finds the BLAS; setting its thread count costs ~1 µs.
+A session makes one `RunThreads`; `session.run` enters it, which makes it the current one for the calling
+thread. Kernels ask `split` to run a call over ranges of their independent work (output-channel blocks,
+tile rows): with more than one thread and enough work, the ranges go to the pool's workers and the caller
+takes the first; otherwise the caller runs the whole range itself. The Numba kernels release the GIL
+(nogil), so the parts run at once. Workers block on a queue between parallel regions: nothing spins.
+
+Why one thread for the BLAS: after each call OpenBLAS's own threads keep spinning (sched_yield) for
+milliseconds, and on a 2-core machine they took the second core from bninfer's worker (ResNet-50 at 2
+threads ran no faster than at 1; with the BLAS on one thread, 1.6x faster). The limit is set only
+around calls large enough for the BLAS to thread at all (OpenBLAS runs a GEMM of up to 4 * 65536
+multiply-adds on one thread) and restored afterwards, so a user's own numpy keeps its settings and a
+small model does not pay for setting it (threadpoolctl: ~3 us per set and restore).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
 import threading
+from typing import Callable
+
+BLAS_SERIAL_MACS = 4 * 65536  # OpenBLAS's GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
+MIN_PART_MACS = 12_000_000  # less work per part (~100 us) does not pay for waking a worker (~50 us here)
+
+
+def default_threads() -> int:
+    """What intra_op_num_threads = 0 means: every core this process may run on (onnxruntime: one per
+    physical core)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
 
 def _blas_controllers() -> tuple:
     try:
@@ -47,3 +74,111 @@ class ThreadLimit:
                 if self._active == 0:
                     for lib, n in zip(self._libs, self._saved):
                         lib.set_num_threads(n)
+
+
+class Workers:
+    """size - 1 daemon threads that run the parts a caller hands them; the caller runs one part itself.
+    Shared by every session with the same thread count (see `workers`)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        for k in range(size - 1):
+            threading.Thread(target=self._serve, name=f"bninfer-worker-{k}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, args, done = self._tasks.get()
+            try:
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 — handed to the caller, raised there
+                done.put(e)
+            else:
+                done.put(None)
+
+    def map(self, fn: Callable, parts: list[tuple]) -> None:
+        """fn(*part) for every part, at most `size` at once; the first exception is raised once all
+        parts are done (so no worker still writes into the caller's buffers)."""
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        for part in parts[1:]:
+            self._tasks.put((fn, part, done))
+        error = None
+        try:
+            fn(*parts[0])
+        except BaseException as e:  # noqa: BLE001
+            error = e
+        for _ in parts[1:]:
+            e = done.get()
+            error = error or e
+        if error is not None:
+            raise error
+
+
+_pools: dict[int, Workers] = {}
+_pools_lock = threading.Lock()
+
+
+def workers(size: int) -> Workers:
+    with _pools_lock:
+        pool = _pools.get(size)
+        if pool is None:
+            pool = _pools[size] = Workers(size)
+        return pool
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's worker threads
+    os.register_at_fork(after_in_child=_pools.clear)
+
+_local = threading.local()
+
+
+class RunThreads:
+    """A session's threads: entering makes them the calling thread's current ones for one run."""
+
+    def __init__(self, intra_op_num_threads: int):
+        n = int(intra_op_num_threads or 0)
+        self.size = n if n > 0 else default_threads()
+        self.blas_limit = ThreadLimit(1)
+        self._pool: Workers | None = None
+
+    @property
+    def pool(self) -> Workers | None:
+        if self.size > 1 and self._pool is None:
+            self._pool = workers(self.size)
+        return self._pool
+
+    def __enter__(self) -> "RunThreads":
+        # the caller's previous state is kept per thread: one session may run in several threads at once
+        _local.saved = (getattr(_local, "current", None), getattr(_local, "saved", None))
+        _local.current = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _local.current, _local.saved = _local.saved
+
+
+def current() -> RunThreads | None:
+    return getattr(_local, "current", None)
+
+
+def blas(macs: int):
+    """The current run's BLAS thread limit (one) around a GEMM of `macs` multiply-adds (a no-op when the
+    BLAS would run it on one thread anyway, or outside a run)."""
+    cur = getattr(_local, "current", None)
+    if cur is None or macs <= BLAS_SERIAL_MACS:
+        return contextlib.nullcontext()
+    return cur.blas_limit
+
+
+def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1) -> None:
+    """call(a, b) over [0, n) in contiguous ranges (bounds multiples of `grain`, but n), one per thread of
+    the current run, when the work (`macs` multiply-adds in all) gives each at least MIN_PART_MACS;
+    else call(0, n) on the calling thread."""
+    cur = getattr(_local, "current", None)
+    units = -(-n // grain)
+    parts = 1 if cur is None else min(cur.size, units, int(macs // MIN_PART_MACS))
+    if parts <= 1:
+        call(0, n)
+        return
+    bounds = [min(n, (units * k // parts) * grain) for k in range(parts + 1)]
+    cur.pool.map(call, [(bounds[k], bounds[k + 1]) for k in range(parts)])

@@ -1,7 +1,10 @@
 """One session used from several Python threads at once gives the same results as serial runs."""
+import os
 import threading
+import time
 
 import numpy as np
+import pytest
 
 import bninfer
 from tests.graphs import Builder
@@ -50,3 +53,144 @@ def test_thread_limit_applies_to_blas_and_is_restored():
     assert blas_threads() == before
     with ThreadLimit(0):  # 0 = no limit: untouched
         assert blas_threads() == before
+
+
+# -- the kernels split over threads ------------------------------------------------------------------
+
+def _conv_block(x_shape, w_shape, attrs, seed=0):
+    """Conv -> + residual -> ReLU -> BN (a post affine): every fused epilogue operand, sliced per part."""
+    from onnx import helper
+
+    from tests.util import make_model
+    x, w = randn(*x_shape, seed=seed), randn(*w_shape, seed=seed + 1) * 0.3
+    cout = w_shape[0]
+    y_shape = _ort_conv_shape(x, w, attrs)
+    consts = {"w": w, "b": randn(cout, seed=seed + 2), "g": randn(cout, seed=3), "be": randn(cout, seed=4),
+              "m": randn(cout, seed=5), "v": np.abs(randn(cout, seed=6)) + 0.5}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs),
+             helper.make_node("Add", ["c", "r"], ["s"]),
+             helper.make_node("Relu", ["s"], ["a"]),
+             helper.make_node("BatchNormalization", ["a", "g", "be", "m", "v"], ["y"])]
+    model = make_model(nodes, {"x": list(x_shape), "r": list(y_shape)}, ["y"], consts)
+    return model, {"x": x, "r": randn(*y_shape, seed=seed + 7)}
+
+
+def _ort_conv_shape(x, w, attrs):
+    from tests.util import make_model, run_ort
+    from onnx import helper
+    m = make_model([helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], {"x": list(x.shape)}, ["y"], {"w": w})
+    return run_ort(m, {"x": x})[0].shape
+
+
+SPLIT_CASES = {
+    "pointwise": ((1, 24, 14, 14), (40, 24, 1, 1), dict()),
+    "direct 3x3 s2": ((1, 24, 13, 11), (70, 24, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "direct 1x1 7x7": ((1, 64, 7, 7), (72, 64, 1, 1), dict()),
+    "rowvec stem": ((1, 3, 30, 40), (20, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "winograd": ((1, 32, 40, 19), (40, 32, 3, 3), dict(pads=[1, 1, 1, 1])),  # 4 chunks of tile rows
+    "depthwise rows": ((1, 37, 30, 30), (37, 1, 3, 3), dict(group=37, pads=[1, 1, 1, 1])),
+    "depthwise blocked": ((1, 40, 9, 9), (40, 1, 3, 3), dict(group=40, strides=[2, 2], pads=[1, 1, 1, 1])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_CASES))
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_kernel_split_over_threads_gives_the_serial_result(case, n_threads, monkeypatch):
+    from bninfer import threads
+    from tests.util import run_ort
+    model, feeds = _conv_block(*SPLIT_CASES[case])
+    serial = _session(model, 1).run(None, feeds)[0]
+    parts = []
+    real_map = threads.Workers.map
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)  # split even these small layers
+    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
+    out = _session(model, n_threads).run(None, feeds)[0]
+    assert parts and max(parts) == n_threads  # the conv really was split
+    np.testing.assert_array_equal(out, serial)  # same sums in the same order, only on other threads
+    np.testing.assert_allclose(out, run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def _session(model, n):
+    so = bninfer.SessionOptions()
+    so.intra_op_num_threads = n
+    return bninfer.InferenceSession(model.SerializeToString(), so)
+
+
+def test_an_error_in_a_worker_reaches_the_caller_after_every_part_is_done():
+    from bninfer import threads
+    pool = threads.workers(3)
+    finished = []
+
+    def part(a, b):
+        if a == 1:
+            raise RuntimeError("part 1 failed")
+        time.sleep(0.05)
+        finished.append(a)
+    with pytest.raises(RuntimeError, match="part 1 failed"):
+        pool.map(part, [(0, 1), (1, 2), (2, 3)])
+    assert sorted(finished) == [0, 2]
+
+
+def _thread_cpu_seconds(native_id: int) -> float:
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="per-thread CPU times from /proc")
+def test_workers_do_not_spin_between_runs(monkeypatch):
+    from bninfer import threads
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
+    sess = _session(model, 2)
+    for _ in range(20):
+        sess.run(None, feeds)
+    ids = [t.native_id for t in threading.enumerate() if t.name.startswith("bninfer-worker")]
+    assert ids
+    before = [_thread_cpu_seconds(i) for i in ids]
+    time.sleep(0.5)
+    after = [_thread_cpu_seconds(i) for i in ids]
+    assert max(a - b for a, b in zip(after, before)) < 0.05
+
+
+def test_blas_runs_single_threaded_around_gemms_big_enough_to_thread(monkeypatch):
+    """bninfer threads GEMMs itself; OpenBLAS's own threads would keep spinning and starve its workers."""
+    from onnx import helper
+
+    from bninfer import threads
+    from tests.util import make_model
+    entered = []
+    real_enter = threads.ThreadLimit.__enter__
+    monkeypatch.setattr(threads.ThreadLimit, "__enter__", lambda self: (entered.append(self.n), real_enter(self))[1])
+    for k, n, expect in [(8, 4, []), (512, 1024, [1])]:
+        m = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], {"x": [1, k]}, ["y"],
+                       {"w": randn(k, n, seed=1)})
+        entered.clear()
+        x = randn(1, k, seed=2)
+        out = _session(m, 2).run(None, {"x": x})[0]
+        np.testing.assert_allclose(out, x @ randn(k, n, seed=1), rtol=1e-4, atol=1e-4)
+        assert entered == expect
+
+
+@pytest.mark.parametrize("x_shape", [(1, 300), (7, 300), (2, 5, 300)], ids=str)
+def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
+    """Batch-1 GEMMs split by output columns, several rows by rows; same result as one thread."""
+    from onnx import helper
+
+    from bninfer import threads
+    from tests.util import make_model, run_ort
+    w, bias = randn(300, 130, seed=1), randn(130, seed=2)
+    x = randn(*x_shape, seed=3)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    if len(x_shape) == 2:
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"])]
+    model = make_model(nodes, {"x": list(x_shape)}, ["y"], {"w": w, "b": bias})
+    serial = _session(model, 1).run(None, {"x": x})[0]
+    parts = []
+    real_map = threads.Workers.map
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
+    out = _session(model, 3).run(None, {"x": x})[0]
+    assert parts and max(parts) == 3
+    np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-5)  # BLAS may sum a part in another order
+    np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-4)

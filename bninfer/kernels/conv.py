@@ -77,7 +77,7 @@ def _epilogue_row(acc, out, b, res, has_res, code, a, beta, has_post, ps, pt):
             out[j] = v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def epilogue(x, out, channels, inner, bias, residual, has_residual, code, alpha, beta, has_post,
              post_scale, post_shift):
     """The fused epilogue over an (outer, channels, inner) flat array (x may be out):
@@ -91,7 +91,7 @@ def epilogue(x, out, channels, inner, bias, residual, has_residual, code, alpha,
                           has_post, post_scale[c], post_shift[c])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def prologue(x, out, n_outer, channels, inner, scale, shift, code, alpha, beta):
     """out = act(scale[c] * x + shift[c]) over an (outer, channels, inner) flat array."""
     for o in range(n_outer):
@@ -102,7 +102,7 @@ def prologue(x, out, n_outer, channels, inner, scale, shift, code, alpha, beta):
                 out[i] = apply(code, x[i] * s + t, a, beta)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def im2col(x, cols, geom, has_pre, scale, shift, code, alpha, beta):
     """Gather x (N, C, D, H, W) into cols (N, C, KD, KH, KW, OD, OH, OW): the columns of a convolution,
     zero where a tap falls in the padding. With `has_pre`, in-bounds elements go through the prologue
@@ -150,7 +150,7 @@ def im2col(x, cols, geom, has_pre, scale, shift, code, alpha, beta):
                                     cols[r + ow] = 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def depthwise(x, w, out, geom, mult, bias, has_pre, pre_scale, pre_shift, pre_code, pre_alpha, pre_beta,
               residual, has_residual, code, alpha, beta, has_post, post_scale, post_shift):
     """Direct grouped convolution with one input channel per group: input channel c feeds output
@@ -225,7 +225,7 @@ def depthwise(x, w, out, geom, mult, bias, has_pre, pre_scale, pre_shift, pre_co
                                       ps, pt)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def col2im_epilogue(cols, out, geom, bias, residual, has_residual, code, alpha, beta, has_post,
                     post_scale, post_shift):
     """The output of a transposed convolution from its columns, with the fused epilogue.

@@ -85,7 +85,7 @@ def compile_now(dispatcher, sig):
 
 # -- packing ------------------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pack_input(x, xp, C, H, W, CIB, Hp, Wp, PH, PW, has_pre, scale, shift, code, alpha, beta):
     """x (C, H, W) flat -> xp (CINB, Hp, Wp, CIB) flat, placed at offset (PH, PW); with `has_pre` each
     element goes through act(scale[c] * x + shift[c]). xp must be zeroed where it is not written
@@ -152,7 +152,7 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
     INLINE = ACT in INLINE_CODES
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
-    @njit(cache=cache, fastmath=_FASTMATH)
+    @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     def kern(xp, w, out, CINB, Hp, Wp, COUT, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
         nob = (COUT + COB - 1) // COB
         P = OH * OW
@@ -239,7 +239,7 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
     INLINE = ACT in INLINE_CODES
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
-    @njit(cache=cache, fastmath=_FASTMATH)
+    @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     def kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
         nob = (COUT + COT - 1) // COT
         hi = np.float32(beta)  # Clip's upper bound
@@ -266,9 +266,12 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
                         s, t_ = ps[co], pt[co]
                         ob_ = np.uint64(co) * uP + np.uint64(p0)
                         for j in range(PXT):
-                            v = acc[c * PXT + j] + b
-                            if has_res:
-                                v += res[ob_ + np.uint64(j)]
+                            acc[c * PXT + j] += b
+                        if has_res:  # a loop of its own: a branch inside the store loop keeps it scalar
+                            for j in range(PXT):
+                                acc[c * PXT + j] += res[ob_ + np.uint64(j)]
+                        for j in range(PXT):
+                            v = acc[c * PXT + j]
                             if INLINE:
                                 v = activate(ACT, v, a, hi, beta)
                                 if has_post:
@@ -312,7 +315,7 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
     INLINE = ACT in INLINE_CODES
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
-    @njit(cache=cache, fastmath=_FASTMATH)
+    @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     def kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
         nob = (COUT + COT - 1) // COT
         P = OH * OW

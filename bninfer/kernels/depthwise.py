@@ -19,7 +19,7 @@ _KERNELS: dict = {}
 ROW_MIN_WIDTH = 24  # output rows at least this wide vectorize along the row; shorter ones block channels
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pack_rows(x, xp, C, H, W, Hp, SW, Wq, PH, PW, has_pre, scale, shift, code, alpha, beta):
     """x (C, H, W) flat -> xp (C, Hp, SW, Wq) flat (see the module doc); xp zero where not written."""
     for c in range(C):
@@ -119,7 +119,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
     PHASES = phases  # input split into stride phases (contiguous reads) or plain rows read with stride SW
     JS = 1 if phases else SW
 
-    @njit(cache=cache, fastmath=_FASTMATH)
+    @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     def kern(xp, w, out, C, Hp, Wq, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
         P = OH * OW
         hi = np.float32(beta)  # Clip's upper bound
@@ -213,7 +213,7 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
     PXS = SW * CB
     KWS = DW * CB
 
-    @njit(cache=cache, fastmath=_FASTMATH)
+    @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     def kern(xp, w, out, C, Hp, Wp, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
         ncb = (C + CB - 1) // CB
         P = OH * OW

@@ -8,14 +8,14 @@ from numba import njit
 from ..activations import apply
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def activation(x, out, code, alpha, beta):
     """out[i] = act(x[i]) for flat x; alpha is the scalar parameter."""
     for i in range(x.size):
         out[i] = apply(code, x[i], alpha, beta)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def erf(x, out):
     for i in range(x.size):
         out[i] = math.erf(x[i])

@@ -18,7 +18,7 @@ from numba import njit
 from ..activations import CLIP, LEAKY_RELU, NONE, PRELU, RELU, apply
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_epilogue(y, rows, n, bias, has_bias, residual, has_residual, code, alpha, beta, has_post,
                  post_scale, post_shift):
     """y, residual: flat float32 of rows*n (residual ignored unless has_residual); bias, alpha,

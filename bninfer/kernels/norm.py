@@ -84,7 +84,7 @@ def _add(out, o0, r, n):
         out[o0 + i] += r[o0 + i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _activate(out, o0, n, code, alpha, a0, a_step, beta):
     """act() over out[o0:o0+n]; element i takes alpha[a0 + i * a_step] (a_step 0: one alpha for the row;
     1: the (N, C) layout, one channel per element). ReLU and leaky ReLU get their own (vectorizable)
@@ -113,7 +113,7 @@ def _activate(out, o0, n, code, alpha, a0, a_step, beta):
             out[o0 + i] = apply(code, out[o0 + i], alpha[a0 + i * a_step], beta)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def affine_epilogue(x, out, channels, inner, scale, shift, residual, has_residual, code, alpha, beta,
                     has_post, post_scale, post_shift):
     """Per-channel affine with the fused epilogue of bninfer.ops.fusion over an (outer, channels, inner)
@@ -152,7 +152,7 @@ def _split(mean):
     return hi, np.float32(mean - hi)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def layer_norm(x, out, rows, n, scale, bias, has_bias, epsilon, mean_out, inv_out, want_stats):
     """Normalize each row of an (rows, n) array: out = (x - mean) / sqrt(var + eps) * scale + bias;
     with want_stats, also write each row's mean and 1 / sqrt(var + eps)."""
@@ -175,7 +175,7 @@ def layer_norm(x, out, rows, n, scale, bias, has_bias, epsilon, mean_out, inv_ou
             inv_out[r] = inv
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def group_norm(x, out, batch, channels, groups, inner, scale, bias, epsilon):
     """Normalize each (sample, group) block of an (N, C, inner) array over its C/groups channels and
     `inner` elements, then scale and shift per channel: InstanceNormalization is groups == channels."""

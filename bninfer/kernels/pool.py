@@ -70,7 +70,7 @@ def _padded_count(start, k, dil, size, pad_end):
     return 0 if end <= start else 1 + (end - start - 1) // dil
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _w_factors(W, OW, kw, sw, pw, dw, pw_end, include_pad):
     """Per output column: 1 / its divisor along W (0 where the window holds no input element), and
     whether any column's window holds no input element."""
@@ -98,7 +98,7 @@ def _pick(out, ob, row, n, stride, factor, scale, scaled):
             out[ob + i] = row[i * stride]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pool(x, out, planes, D, H, W, OD, OH, OW, kd, kh, kw, sd, sh, sw, pd, ph, pw, pd_end, ph_end, pw_end,
          dd, dh, dw, is_max, include_pad):
     """MaxPool (is_max) or AveragePool over (planes, D, H, W) -> (planes, OD, OH, OW).
@@ -116,7 +116,7 @@ def pool(x, out, planes, D, H, W, OD, OH, OW, kd, kh, kw, sd, sh, sw, pd, ph, pw
                    pw_end, dd, dh, dw, False, include_pad)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pool_body(x, out, planes, D, H, W, OD, OH, OW, kd, kh, kw, sd, sh, sw, pd, ph, pw, pd_end, ph_end,
                pw_end, dd, dh, dw, is_max, include_pad):
     span = (OW - 1) * sw + 1  # window starts, shifted by pw
@@ -175,7 +175,7 @@ def _add_into_f64(acc, src, s0):
         acc[i] += src[s0 + i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def global_avg(x, out, planes, inner):
     """out[p] = mean of x[p, :], summed in float64 partial sums."""
     acc = np.empty(LANES, np.float64)
@@ -208,7 +208,7 @@ def _nanmax(a, v):
     return v if (v > a) | (v != v) else a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def global_max(x, out, planes, inner):
     """out[p] = max of x[p, :]; NaN propagates."""
     acc = np.empty(LANES, np.float32)
@@ -262,7 +262,7 @@ def _lrn_divide(out, x, o0, n, bias, scale, beta):
             out[o0 + i] = x[o0 + i] / np.float32(math.pow(bias + scale * out[o0 + i], beta))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lrn(x, out, batch, channels, inner, size, alpha, beta, bias):
     """Local response normalization across channels of an (N, C, inner) array:
     out = x / (bias + alpha / size * s)^beta, s the sum of x^2 over channels
@@ -279,7 +279,7 @@ def lrn(x, out, batch, channels, inner, size, alpha, beta, bias):
             _lrn_divide(out, x, ob, inner, bias32, scale32, beta)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def global_pool_prologue(x, out, planes, channels, inner, scale, shift, code, alpha, beta, take_max):
     """Global average (or max) of pre_act(scale[c]*x + shift[c]) per plane: a BN (and its activation)
     standing before the pool, applied while reading, with no pass of its own."""

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def resize_2d(x, out, outer, ih, iw, inner, oh, ow, ty, iy, wy, ey, tx, ix, wx, ex, extrap):
     """Two resized axes (H, W) between `outer` and `inner`; a 1-D resize passes ih = oh = 1."""
     in_plane = ih * iw * inner
@@ -108,7 +108,7 @@ def resize_2d(x, out, outer, ih, iw, inner, oh, ow, ty, iy, wy, ey, tx, ix, wx, 
                     out[base + j] = acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def resize_nd(x, out, outer, inner, in_dims, out_dims, taps, toff, idx, w, eoff, ext, extrap):
     """Any number of resized axes: axis a's tables start at toff[a] (taps) and eoff[a] (flags)."""
     k = in_dims.size

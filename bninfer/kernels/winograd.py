@@ -70,7 +70,7 @@ def _settings(loop_vec: bool):
 
 # -- input transform ---------------------------------------------------------------------------------------
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def wino_in(xp, V, CINB, Hp, Wp, th0, nth, TW, KTP, CINP):
     """Tiles of tile rows th0 .. th0 + nth - 1 -> V[CINP/16][KTP][16][16] (tile k = (th - th0) * TW + tw;
     block, tile, transform position, channel in block: the 16 stores of a lane sit at constant offsets,
@@ -133,7 +133,7 @@ def gemm_kernel(RT, cache=True):
         return k
     NACC = RT * COB
 
-    @njit(cache=cache, fastmath=_FASTMATH)
+    @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     def gemm(V, U, M, CINP, NOB, KTP):
         acc = stack_f32(NACC)
         COUTP = NOB * COB
@@ -173,7 +173,7 @@ def out_kernel(ACT, cache=True):
     if k is not None:
         return k
 
-    @njit(cache=cache, fastmath=_FASTMATH)
+    @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     def wout(M, out, th0, nth, TW, KTP, COUT, COUTP, OH, OW, bp, ap, beta, res, has_res, has_post, ps, pt,
              Y):
         hi = np.float32(beta)
@@ -306,8 +306,8 @@ def out_kernel(ACT, cache=True):
 
 def winograd_kernel(RT, ACT, cache=True):
     """kern(xp, U, out, CINB, Hp, Wp, COUT, NOB, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt,
-    CH): out (COUT, OH, OW) flat = ps[c] * act(conv + bias[c] + res, alpha[c], beta) + pt[c], CH tile rows
-    per chunk. xp as made by conv_direct.pack_input with 16-channel blocks, Hp >= 2 * ceil(OH / 2) + 2,
+    CH, T0, T1): out (COUT, OH, OW) flat = ps[c] * act(conv + bias[c] + res, alpha[c], beta) + pt[c] on the
+    tile rows [T0, T1) (of 2 output rows each; T0 a multiple of CH), CH tile rows per chunk. xp as made by conv_direct.pack_input with 16-channel blocks, Hp >= 2 * ceil(OH / 2) + 2,
     Wp >= 2 * ceil(OW / 2) + 2. Scratch is allocated per call (thread-safe)."""
     key = ("wino", RT, ACT)
     k = _KERNELS.get(key) if cache else None
@@ -325,13 +325,13 @@ def winograd_kernel(RT, ACT, cache=True):
     # Numba keys a closure's disk-cache entry on its cells, and a dispatcher pickles differently in every
     # process (the driver would never load from the cache); the cells hold only RT and ACT.
     def kern(xp, U, out, CINB, Hp, Wp, COUT, NOB, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt,
-             CH):
+             CH, T0, T1):
         if ACT < 0:  # never: keeps ACT among the closure cells (a cache key per activation)
             return
         CINP = CINB * 16
         COUTP = NOB * COB
-        TH = (OH + 1) // 2
         TW = (OW + 1) // 2
+        TH = min((OH + 1) // 2, T1)
         CH = min(CH, TH)
         KTPmax = ((CH * TW + RT - 1) // RT) * RT
         V = np.zeros(16 * KTPmax * CINP, np.float32)
@@ -341,7 +341,7 @@ def winograd_kernel(RT, ACT, cache=True):
         ap = np.zeros(COUTP, np.float32)
         bp[:COUT] = bias[:COUT]
         ap[:COUT] = alpha[:COUT]
-        for th0 in range(0, TH, CH):
+        for th0 in range(T0, TH, CH):
             nth = min(CH, TH - th0)
             KTP = ((nth * TW + RT - 1) // RT) * RT
             wino_in(xp, V, CINB, Hp, Wp, th0, nth, TW, KTP, CINP)
@@ -352,7 +352,7 @@ def winograd_kernel(RT, ACT, cache=True):
     fn = types_.FunctionType(kern.__code__, ns, kern.__name__, kern.__defaults__, kern.__closure__)
     fn.__qualname__ = kern.__qualname__
     assert {c.cell_contents for c in fn.__closure__} == {RT, ACT}
-    kern = njit(cache=cache, fastmath=_FASTMATH)(fn)
+    kern = njit(cache=cache, nogil=True, fastmath=_FASTMATH)(fn)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -365,7 +365,7 @@ GEMM_SIG = (_F, _F, _F, _I, _I, _I)
 OUT_SIG = (_F, _F, _I, _I, _I, _I, _I, _I, _I, _I, _F, _F, types.float64, _F, types.boolean, types.boolean,
            _F, _F, _F)
 WINO_SIG = (_F, _F, _F, _I, _I, _I, _I, _I, _I, _I, _F, _F, types.boolean, _F, types.float64, types.boolean,
-            _F, _F, _I)
+            _F, _F, _I, _I, _I)
 
 
 def compile_now(kern):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import activations
+from .. import activations, threads
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import conv as K
 from ..kernels import conv_direct as CD
@@ -328,6 +328,13 @@ def _runtime_bias(i, bias):
     return _flat(i[2])
 
 
+def _channels(c0: int, c1: int, P: int, y, b, r, has_res: bool, ep: "_Epilogue") -> tuple:
+    """Output channels [c0, c1) of one image's output y (C, P) and its epilogue operands, as the kernels
+    take them: (out, bias, res, has_res, alpha, beta, has_post, post_scale, post_shift)."""
+    return (y[c0 * P:c1 * P], b[c0:c1], r[c0 * P:c1 * P] if has_res else r, has_res, ep.alpha[c0:c1], ep.beta,
+            ep.has_post, ep.post_scale[c0:c1], ep.post_shift[c0:c1])
+
+
 # 1x1 convs with at least this many input channels go through the direct kernel; below it BLAS + the
 # epilogue measured faster (the tile's stores weigh more when each output sums few products)
 _DIRECT_1X1_MIN_CIN = 64
@@ -370,8 +377,10 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     plane = cin * Hp * SW * Wq
     padded = _PaddedInput(plane)
     N = g.batch
-    xs, ys = cin * H * W, cout * OH * OW
-    alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+    P = OH * OW
+    xs, ys = cin * H * W, cout * P
+    wblock = w.size // -(-cout // cot)
+    macs = cout * P * cin * KH * KW
 
     def run(i, o):
         y = o[0]
@@ -385,9 +394,14 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
                 xp[:] = 0.0
             DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, SW, Wq, PH, PW, pro.has_pre,
                           pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
-            r = res[n * ys:(n + 1) * ys] if has_res else res
-            kern(xp, w, yf[n * ys:(n + 1) * ys], cin, cout, Hp, Wq, OH, OW, b, r, has_res, alpha, beta,
-                 has_post, ps, pt)
+            yn, rn = yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
+
+            def part(b0, b1):  # output-channel blocks [b0, b1)
+                c0, c1 = b0 * cot, min(b1 * cot, cout)
+                yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
+                kern(xp, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, Hp, Wq, OH, OW, bo, ro, hr, ao, be, hp,
+                     so, to)
+            threads.split(part, -(-cout // cot), macs)
     return run
 
 
@@ -419,8 +433,11 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     CD.compile_now(kern, CD.DIRECT_SIG)
     padded = _PaddedInput(plane + slack)
     N = g.batch
-    xs, ys = cin * H * W, cout * OH * OW
-    alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+    P = OH * OW
+    xs, ys = cin * H * W, cout * P
+    nob = -(-cout // cob)
+    wblock = w.size // nob
+    macs = cout * P * cin * KH * KW
 
     def run(i, o):
         y = o[0]
@@ -434,9 +451,14 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
                 xp[:plane] = 0.0
             DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, 1, Wp, PH, PW, pro.has_pre,
                           pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
-            r = res[n * ys:(n + 1) * ys] if has_res else res
-            kern(xp, w, yf[n * ys:(n + 1) * ys], cinb, Hp, Wp, cout, OH, OW, b, r, has_res, alpha, beta,
-                 has_post, ps, pt, 0)
+            yn, rn = yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
+
+            def part(b0, b1):  # output-channel blocks [b0, b1)
+                c0, c1 = b0 * cob, min(b1 * cob, cout)
+                yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
+                kern(xp, w[b0 * wblock:b1 * wblock], yo, cinb, Hp, Wp, c1 - c0, OH, OW, bo, ro, hr, ao, be, hp,
+                     so, to, 0)
+            threads.split(part, nob, macs)
     return run
 
 
@@ -454,7 +476,9 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, bias, wdata):
     P = int(np.prod(g.out_spatial))
     N = g.batch
     xs, ys = cin * P, cout * P
-    alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+    nob = -(-cout // cot)
+    wblock = w.size // nob
+    macs = cout * P * cin
     subsample = any(s > 1 for s in g.strides)
     if subsample:
         SH, SW = _two_d(g.strides, 1)
@@ -471,9 +495,13 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, bias, wdata):
         yf = y.reshape(-1)
         res, has_res = ep.residual_array(i)
         for n in range(N):
-            r = res[n * ys:(n + 1) * ys] if has_res else res
-            kern(x[n * xs:(n + 1) * xs], w, yf[n * ys:(n + 1) * ys], cin, cout, P, b, r, has_res, alpha, beta,
-                 has_post, ps, pt, 0)
+            xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
+
+            def part(b0, b1):  # output-channel blocks [b0, b1)
+                c0, c1 = b0 * cot, min(b1 * cot, cout)
+                yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
+                kern(xn, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, P, bo, ro, hr, ao, be, hp, so, to, 0)
+            threads.split(part, nob, macs)
     return run
 
 
@@ -509,8 +537,13 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         slack = 0
     CD.compile_now(kern, DWK.DW_SIG)
     padded = _PaddedInput(plane + slack)
-    xs, ys = C * H * W, C * OH * OW
-    alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+    P = OH * OW
+    xs, ys = C * H * W, C * P
+    grain = 16 if blocked else 1  # channels per part: whole blocks of the blocked layout
+    per_channel = Hp * Wq  # floats of xp per channel (and of w: KH * KW)
+    kk = KH * KW
+    # depthwise layers run at a tenth of a dense layer's speed: their work counts ten times
+    macs = 10 * C * P * kk
 
     def run(i, o):
         y = o[0]
@@ -522,15 +555,18 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         for n in range(N):
             if n:
                 xp[:plane] = 0.0
-            if blocked:
-                CD.pack_input(x[n * xs:(n + 1) * xs], xp, C, H, W, 16, Hp, Wq, PH, PW, pro.has_pre,
-                              pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
-            else:
-                DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, C, H, W, Hp, 1, Wq, PH, PW, pro.has_pre,
-                              pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
-            r = res[n * ys:(n + 1) * ys] if has_res else res
-            kern(xp, w, yf[n * ys:(n + 1) * ys], C, Hp, Wq, OH, OW, b, r, has_res, alpha, beta, has_post,
-                 ps, pt)
+            xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
+
+            def part(c0, c1):  # channels [c0, c1): packed and convolved by one thread
+                xpc = xp[c0 * per_channel:]
+                pre = (pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code, pro.alpha[c0:c1], pro.beta)
+                if blocked:
+                    CD.pack_input(xn[c0 * H * W:c1 * H * W], xpc, c1 - c0, H, W, 16, Hp, Wq, PH, PW, *pre)
+                else:
+                    DWK.pack_rows(xn[c0 * H * W:c1 * H * W], xpc, c1 - c0, H, W, Hp, 1, Wq, PH, PW, *pre)
+                yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
+                kern(xpc, w[c0 * kk:], yo, c1 - c0, Hp, Wq, OH, OW, bo, ro, hr, ao, be, hp, so, to)
+            threads.split(part, C, macs, grain)
     return run
 
 
@@ -576,6 +612,8 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     N = g.batch
     xs, ys = cin * H * W, cout * OH * OW
     alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+    chunks = -(-TH // ch)
+    macs = cout * OH * OW * cin * 4  # Winograd does 4/9 of the direct multiply-adds; counted as 4 per output
 
     def run(i, o):
         y = o[0]
@@ -590,8 +628,12 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             CD.pack_input(x[n * xs:(n + 1) * xs], xp, cin, H, W, 16, Hp, Wp, PH, PW, pro.has_pre,
                           pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
             r = res[n * ys:(n + 1) * ys] if has_res else res
-            kern(xp, U, yf[n * ys:(n + 1) * ys], cinb, Hp, Wp, cout, nob, OH, OW, b, r, has_res, alpha, beta,
-                 has_post, ps, pt, ch)
+            yn = yf[n * ys:(n + 1) * ys]
+
+            def part(k0, k1):  # chunks of tile rows [k0, k1)
+                kern(xp, U, yn, cinb, Hp, Wp, cout, nob, OH, OW, b, r, has_res, alpha, beta, has_post, ps, pt,
+                     ch, k0 * ch, k1 * ch)
+            threads.split(part, chunks, macs)
     return run
 
 
@@ -641,6 +683,7 @@ def _conv(node, ins, outs):
         if fast is not None:
             return fast
     w_ready = weights(wdata) if wdata is not None else None
+    blas_macs = N * g.out_channels * P * cin_g * ksize
 
     def run(i, o):
         y = o[0]
@@ -662,7 +705,8 @@ def _conv(node, ins, outs):
             cols = np.empty(N * g.in_channels * ksize * P, np.float32)
             K.im2col(x, cols, geom, pro.has_pre, pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
             cols = cols.reshape(N, G, cin_g * ksize, P)
-        np.matmul(w, cols, out=y.reshape(N, G, cout_g, P))
+        with threads.blas(blas_macs):
+            np.matmul(w, cols, out=y.reshape(N, G, cout_g, P))
         if has_bias or not ep.trivial:
             K.epilogue(yf, yf, g.out_channels, P, b, res, has_res, ep.code, ep.alpha, ep.beta, ep.has_post,
                        ep.post_scale, ep.post_shift)
@@ -697,6 +741,7 @@ def _conv_transpose(node, ins, outs):
 
     wdata = ins[1].data
     w_ready = weights(wdata) if wdata is not None else None
+    blas_macs = N * g.in_channels * cout_g * ksize * S
 
     def run(i, o):
         y = o[0]
@@ -713,13 +758,15 @@ def _conv_transpose(node, ins, outs):
         res, has_res = ep.residual_array(i)
         xs = x.reshape(N, G, cin_g, S)
         if direct:
-            np.matmul(w, xs, out=y.reshape(N, G, cout_g, P))
+            with threads.blas(blas_macs):
+                np.matmul(w, xs, out=y.reshape(N, G, cout_g, P))
             if has_bias or not ep.trivial:
                 K.epilogue(yf, yf, g.out_channels, P, b, res, has_res, ep.code, ep.alpha, ep.beta,
                            ep.has_post, ep.post_scale, ep.post_shift)
             return
         cols = np.empty((N, G, cout_g * ksize, S), np.float32)
-        np.matmul(w, xs, out=cols)
+        with threads.blas(blas_macs):
+            np.matmul(w, xs, out=cols)
         K.col2im_epilogue(cols.reshape(-1), yf, geom, b, res, has_res, ep.code, ep.alpha, ep.beta,
                           ep.has_post, ep.post_scale, ep.post_shift)
     return run

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import gemm as K
+from .. import threads
 from . import broadcast_shapes, fusion, register, require_float32
 
 
@@ -193,11 +194,24 @@ def _float_path(node, ins) -> bool:
     return True
 
 
+def _dot(x: np.ndarray, w: np.ndarray, y: np.ndarray, macs: int) -> None:
+    """y = x . w (2-D, float32), split over the run's threads: by rows when there are several, else (a
+    batch-1 layer) by output columns; each part a single-threaded BLAS call."""
+    if macs <= threads.BLAS_SERIAL_MACS:  # one BLAS thread, one part anyway: skip both checks
+        np.dot(x, w, out=y)
+        return
+    with threads.blas(macs):
+        if y.shape[0] > 1:
+            threads.split(lambda a, b: np.dot(x[a:b], w, out=y[a:b]), y.shape[0], macs)
+        else:
+            threads.split(lambda a, b: np.dot(x, w[:, a:b], out=y[:, a:b]), y.shape[1], macs, 16)
+
+
 # -- Gemm -------------------------------------------------------------------------------------------
 
 @register("Gemm", infer=_gemm_infer)
 def _gemm(node, ins, outs):
-    m, _, n = _gemm_dims(node, ins)
+    m, kk, n = _gemm_dims(node, ins)
     a, b, c = _own(node, ins)[:3]
     alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
     ta, tb = bool(node.attrs.get("transA", 0)), bool(node.attrs.get("transB", 0))
@@ -249,12 +263,13 @@ def _gemm(node, ins, outs):
                 pre_adds.append(lambda i, y: np.add(y, i[2].reshape(cm, cn) * bt, out=y))
     finish = _make_epilogue(node, ins, (m, n), n, bias, full, runtime_bias, pre_adds)
     alpha32 = np.float32(alpha)
+    macs = m * n * kk
 
     def run(i, o):
         x = a_c if a_c is not None else (i[0].T if ta else i[0])
         w = b_c if b_c is not None else (i[1].T if tb else i[1])
         y = o[0]
-        np.dot(x, w, out=y)
+        _dot(x, w, y, macs)
         if not scaled:
             np.multiply(y, alpha32, out=y)
         if finish is not None:
@@ -276,6 +291,7 @@ def _matmul(node, ins, outs):
     a_c = _const_f32(a) if a.data is not None else None
     channels = n if len(b.shape) >= 2 else 1
     finish = _make_epilogue(node, ins, out_shape, channels, None, None, None, [])
+    macs = int(np.prod(out_shape, dtype=np.int64)) * k
 
     if len(b.shape) == 2 and len(a.shape) >= 2:
         # (..., M, K) @ (K, N): one GEMM over all leading rows.
@@ -284,10 +300,11 @@ def _matmul(node, ins, outs):
         def product(i, y):
             x = a_c if a_c is not None else i[0]
             w = b_c if b_c is not None else i[1]
-            np.dot(x.reshape(rows, k), w, out=y.reshape(rows, n))
+            _dot(x.reshape(rows, k), w, y.reshape(rows, n), macs)
     else:
         def product(i, y):
-            np.matmul(a_c if a_c is not None else i[0], b_c if b_c is not None else i[1], out=y)
+            with threads.blas(macs):
+                np.matmul(a_c if a_c is not None else i[0], b_c if b_c is not None else i[1], out=y)
 
     def run(i, o):
         product(i, o[0])
