@@ -139,13 +139,10 @@ class RunThreads:
         n = int(intra_op_num_threads or 0)
         self.size = n if n > 0 else default_threads()
         self.blas_limit = ThreadLimit(1)
-        self._pool: Workers | None = None
 
     @property
-    def pool(self) -> Workers | None:
-        if self.size > 1 and self._pool is None:
-            self._pool = workers(self.size)
-        return self._pool
+    def pool(self) -> Workers:
+        return workers(self.size)  # looked up each time: after a fork the child makes its own
 
     def __enter__(self) -> "RunThreads":
         # the caller's previous state is kept per thread: one session may run in several threads at once

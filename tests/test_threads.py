@@ -194,3 +194,25 @@ def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
     assert parts and max(parts) == 3
     np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-4)  # BLAS may sum a part in another order
     np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_session_made_before_fork_runs_split_kernels_in_the_child(monkeypatch):
+    from bninfer import threads
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
+    sess = _session(model, 2)
+    expected = sess.run(None, feeds)[0]  # the parent's workers exist now
+    pid = os.fork()
+    if pid == 0:  # child: must not wait for the parent's workers, which it does not have
+        ok = np.array_equal(sess.run(None, feeds)[0], expected)
+        os._exit(0 if ok else 1)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung")
