@@ -23,6 +23,8 @@ Conv paths (batch 1 float32 single thread; ratios to onnxruntime in benchmarks/c
     (batch, group), then the epilogue in one Numba pass over the output.
 The specialised kernels are made per set of compile-time constants (kernel size, stride, dilation, tile,
 activation code), shared between nodes, compiled (or loaded from the disk cache) when the node is built.
+With several threads (bninfer.threads.split) a large layer is cut into output-channel blocks (Winograd:
+chunks of tile rows; depthwise: channels, packed by the thread that convolves them).
 ConvTranspose: one batched matmul to columns (the prologue applied to the input first), then col2im
 (a scatter-add per output plane) with the epilogue fused.
 """
