@@ -142,6 +142,9 @@ def default_rounds(runs: int) -> int:
     return max(1, min(runs, 20))
 
 
+_SETTLE_S = 0.1
+
+
 def time_interleaved(runners: Sequence[Runner], runs: int = 100, warmup: int = 10,
                      rounds: int | None = None, seed: int = 0) -> dict[str, EngineTiming]:
     """Warm every runner up (warmup calls each, interleaved), then make runs timed calls per runner
@@ -165,6 +168,9 @@ def time_interleaved(runners: Sequence[Runner], runs: int = 100, warmup: int = 1
         for n in per_round:
             rng.shuffle(order)
             for r in order:
+                # let the previous engine's threads go idle first: onnxruntime's keep spinning for tens
+                # of ms after a run (36 ms of CPU measured) and take a core from the engine that follows
+                time.sleep(_SETTLE_S)
                 call = r.call
                 ts = []
                 for _ in range(n):

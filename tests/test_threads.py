@@ -216,3 +216,41 @@ def test_a_session_made_before_fork_runs_split_kernels_in_the_child(monkeypatch)
         time.sleep(0.05)
     os.kill(pid, 9)
     pytest.fail("the forked child hung")
+
+
+def test_spin_wait_sees_another_threads_store_and_gives_up_when_nothing_comes():
+    from bninfer.kernels.spin import wait_while
+    flags = np.zeros(8, np.int64)
+    t0 = time.perf_counter()
+    assert wait_while(flags, 1, 0, 10**15, 100_000) == 0  # nothing changes: the poll bound ends it
+    assert wait_while(flags, 1, 0, 1000, 10**12) == 0  # nothing changes: the tick bound ends it
+    assert time.perf_counter() - t0 < 5
+
+    def store():
+        time.sleep(0.05)
+        flags[1] = 7
+    t = threading.Thread(target=store)
+    t.start()
+    assert wait_while(flags, 1, 0, 10**12, 10**12) == 7  # no GIL held while it spins, or this hangs
+    t.join()
+
+
+def test_runs_from_several_threads_share_the_workers(monkeypatch):
+    """One caller at a time holds the workers; the others run their parts themselves."""
+    from bninfer import threads
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    model, feeds = _conv_block(*SPLIT_CASES["direct 3x3 s2"])
+    sess = _session(model, 2)
+    expected = _session(model, 1).run(None, feeds)[0]
+    bad = []
+
+    def worker():
+        for _ in range(50):
+            if not np.array_equal(sess.run(None, feeds)[0], expected):
+                bad.append(1)
+    ts = [threading.Thread(target=worker) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not bad
