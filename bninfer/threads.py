@@ -92,17 +92,27 @@ def _cpu_query():
 _getcpu = _cpu_query()
 
 
-def _keep_off_my_cpu(worker: threading.Thread) -> None:
-    """Before waking a sleeping worker: let it run anywhere the process may run but on the calling
-    thread's CPU. Linux wakes a thread next to its waker, and on this VM the two then shared one CPU for
-    the whole run (after a pause, a 2-thread ResNet-50 run took as long as a 1-thread one)."""
-    if _getcpu is None or worker.native_id is None:
+def _place(workers: list[threading.Thread], placed: list) -> None:
+    """At a run's first parallel region: keep the calling thread on its current CPU until the run ends
+    (RunThreads restores its affinity) and the workers on the other CPUs the process may use.
+    Unplaced, Linux woke each thread next to the one that woke it (a worker beside its caller, the
+    caller beside the worker that released the GIL), and after a pause the two shared one CPU for
+    the whole run: a 2-thread ResNet-50 run then took as long as a 1-thread one."""
+    if _getcpu is None or getattr(_local, "current", None) is None or getattr(_local, "restore", None):
         return
     try:
-        allowed = os.sched_getaffinity(0) - {_getcpu()}
-        if allowed and os.sched_getaffinity(worker.native_id) != allowed:
-            os.sched_setaffinity(worker.native_id, allowed)
-    except OSError:
+        allowed = os.sched_getaffinity(0)
+        mine = _getcpu()
+        others = allowed - {mine}
+        if not others:
+            return
+        os.sched_setaffinity(0, {mine})
+        _local.restore = allowed
+        for k, t in enumerate(workers):
+            if placed[k] != others and t.native_id is not None:
+                os.sched_setaffinity(t.native_id, others)
+                placed[k] = others
+    except OSError:  # not allowed: leave placement to the scheduler
         pass
 
 
@@ -140,6 +150,7 @@ class Workers:
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._serve, args=(k,), name=f"bninfer-worker-{k}", daemon=True)
                          for k in range(n)]
+        self._placed: list = [None] * n  # the CPU set each worker was last given
         for t in self._threads:
             t.start()
 
@@ -171,13 +182,13 @@ class Workers:
                 fn(*part)
             return
         try:
+            _place(self._threads, self._placed)
             workers = range(len(parts) - 1)
             for k in workers:
                 row = self._rows[k]
                 self._slots[k] = (fn, parts[k + 1])
                 row[_POSTED] += 1
                 if not row[_AWAKE]:
-                    _keep_off_my_cpu(self._threads[k])
                     self._wake[k].put(None)
             error = None
             try:
@@ -236,6 +247,13 @@ class RunThreads:
         return self
 
     def __exit__(self, *exc) -> None:
+        restore = getattr(_local, "restore", None)
+        if restore:  # the caller was kept on its CPU for this run's parallel regions (_place)
+            _local.restore = None
+            try:
+                os.sched_setaffinity(0, restore)
+            except OSError:
+                pass
         _local.current, _local.saved = _local.saved
 
 

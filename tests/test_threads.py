@@ -254,3 +254,23 @@ def test_runs_from_several_threads_share_the_workers(monkeypatch):
     for t in ts:
         t.join()
     assert not bad
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="CPU affinity with at least 2 CPUs")
+def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(monkeypatch):
+    from bninfer import threads
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
+    sess = _session(model, 2)
+    inside = []
+    real_map = threads.Workers.map
+    monkeypatch.setattr(threads.Workers, "map",
+                        lambda self, fn, p: (real_map(self, fn, p), inside.append(os.sched_getaffinity(0))))
+    before = os.sched_getaffinity(0)
+    sess.run(None, feeds)
+    assert inside and all(len(a) == 1 for a in inside)
+    assert os.sched_getaffinity(0) == before
+    with pytest.raises(bninfer.errors.BninferError):
+        sess.run(None, {"x": feeds["x"][:, :3], "r": feeds["r"]})  # a bad feed: nothing to restore
+    assert os.sched_getaffinity(0) == before
