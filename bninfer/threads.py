@@ -26,7 +26,10 @@ from typing import Callable
 import numpy as np
 
 BLAS_SERIAL_MACS = 4 * 65536  # OpenBLAS's GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
-MIN_PART_MACS = 2_000_000  # less work per part (~15 us) does not pay for the hand-over (~5-15 us)
+MIN_PART_MACS = 2_000_000  # less work per part (~15 us) does not pay for the hand-over to a spinning worker
+# waking a sleeping worker takes ~150 us here: only a layer this large does it (a small model whose one
+# large layer came after a pause ran slower on 2 threads than on 1)
+MIN_WAKE_MACS = 30_000_000
 
 
 def default_threads() -> int:
@@ -174,6 +177,9 @@ class Workers:
             if row[_CALLER_ASLEEP]:
                 self._done[k].put(None)
 
+    def asleep(self) -> bool:
+        return not all(row[_AWAKE] for row in self._rows)
+
     def map(self, fn: Callable, parts: list[tuple]) -> None:
         """fn(*part) for every part (at most `size`); the first exception is raised once all parts are
         done (so no worker still writes into the caller's buffers)."""
@@ -272,13 +278,15 @@ def blas(macs: int):
 
 def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1) -> None:
     """call(a, b) over [0, n) in contiguous ranges (bounds multiples of `grain`, but n), one per thread of
-    the current run, when the work (`macs` multiply-adds in all) gives each at least MIN_PART_MACS;
-    else call(0, n) on the calling thread."""
+    the current run, when the work (`macs` multiply-adds in all) gives each at least MIN_PART_MACS (and
+    MIN_WAKE_MACS in all when the workers sleep); else call(0, n) on the calling thread."""
     cur = getattr(_local, "current", None)
     units = -(-n // grain)
     parts = 1 if cur is None else min(cur.size, units, int(macs // MIN_PART_MACS))
-    if parts <= 1:
-        call(0, n)
-        return
-    bounds = [min(n, (units * k // parts) * grain) for k in range(parts + 1)]
-    cur.pool.map(call, [(bounds[k], bounds[k + 1]) for k in range(parts)])
+    if parts > 1:
+        pool = cur.pool
+        if macs >= MIN_WAKE_MACS or not pool.asleep():
+            bounds = [min(n, (units * k // parts) * grain) for k in range(parts + 1)]
+            pool.map(call, [(bounds[k], bounds[k + 1]) for k in range(parts)])
+            return
+    call(0, n)

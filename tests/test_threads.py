@@ -103,6 +103,7 @@ def test_kernel_split_over_threads_gives_the_serial_result(case, n_threads, monk
     parts = []
     real_map = threads.Workers.map
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)  # split even these small layers
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
     out = _session(model, n_threads).run(None, feeds)[0]
     assert parts and max(parts) == n_threads  # the conv really was split
@@ -141,6 +142,7 @@ def _thread_cpu_seconds(native_id: int) -> float:
 def test_workers_do_not_spin_between_runs(monkeypatch):
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
     sess = _session(model, 2)
     for _ in range(20):
@@ -189,6 +191,7 @@ def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
     parts = []
     real_map = threads.Workers.map
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
     out = _session(model, 3).run(None, {"x": x})[0]
     assert parts and max(parts) == 3
@@ -200,6 +203,7 @@ def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
 def test_a_session_made_before_fork_runs_split_kernels_in_the_child(monkeypatch):
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
     sess = _session(model, 2)
     expected = sess.run(None, feeds)[0]  # the parent's workers exist now
@@ -239,6 +243,7 @@ def test_runs_from_several_threads_share_the_workers(monkeypatch):
     """One caller at a time holds the workers; the others run their parts themselves."""
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     model, feeds = _conv_block(*SPLIT_CASES["direct 3x3 s2"])
     sess = _session(model, 2)
     expected = _session(model, 1).run(None, feeds)[0]
@@ -261,6 +266,7 @@ def test_runs_from_several_threads_share_the_workers(monkeypatch):
 def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(monkeypatch):
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
     sess = _session(model, 2)
     inside = []
@@ -274,3 +280,19 @@ def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(
     with pytest.raises(bninfer.errors.BninferError):
         sess.run(None, {"x": feeds["x"][:, :3], "r": feeds["r"]})  # a bad feed: nothing to restore
     assert os.sched_getaffinity(0) == before
+
+
+def test_a_small_layer_does_not_wake_sleeping_workers(monkeypatch):
+    from bninfer import threads
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 10**12)
+    model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
+    sess = _session(model, 2)
+    sess.run(None, feeds)
+    time.sleep(0.2)  # the workers stop spinning and sleep
+    assert threads.workers(2).asleep()
+    parts = []
+    real_map = threads.Workers.map
+    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
+    sess.run(None, feeds)
+    assert parts == []
