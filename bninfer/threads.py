@@ -144,7 +144,7 @@ class Workers:
         self._wait = wait_while
         self.size = size
         n = size - 1
-        self._rows = list(np.zeros((n, 8), np.int64))  # one 64-byte line of flags per worker
+        self._rows = list(np.zeros((n, 8), np.int64))  # 64 bytes of flags per worker: no shared words
         for row in self._rows:
             row[_AWAKE] = 1
         self._slots: list = [None] * n  # per worker: (fn, part) to run, then its exception or None
