@@ -263,10 +263,6 @@ class RunThreads:
         _local.current, _local.saved = _local.saved
 
 
-def current() -> RunThreads | None:
-    return getattr(_local, "current", None)
-
-
 def blas(macs: int):
     """The current run's BLAS thread limit (one) around a GEMM of `macs` multiply-adds (a no-op when the
     BLAS would run it on one thread anyway, or outside a run)."""

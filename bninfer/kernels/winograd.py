@@ -307,7 +307,8 @@ def out_kernel(ACT, cache=True):
 def winograd_kernel(RT, ACT, cache=True):
     """kern(xp, U, out, CINB, Hp, Wp, COUT, NOB, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt,
     CH, T0, T1): out (COUT, OH, OW) flat = ps[c] * act(conv + bias[c] + res, alpha[c], beta) + pt[c] on the
-    tile rows [T0, T1) (of 2 output rows each; T0 a multiple of CH), CH tile rows per chunk. xp as made by conv_direct.pack_input with 16-channel blocks, Hp >= 2 * ceil(OH / 2) + 2,
+    tile rows [T0, T1) (of 2 output rows each; T0 a multiple of CH), CH tile rows per chunk. xp as made
+    by conv_direct.pack_input with 16-channel blocks, Hp >= 2 * ceil(OH / 2) + 2,
     Wp >= 2 * ceil(OW / 2) + 2. Scratch is allocated per call (thread-safe)."""
     key = ("wino", RT, ACT)
     k = _KERNELS.get(key) if cache else None
