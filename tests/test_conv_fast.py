@@ -145,10 +145,77 @@ def test_pointwise_kernel_last_tile_overlaps(P):
     CD.compile_now(kern, CD.PW_SIG)
     out = np.full(cout * P + 40, 7.0, np.float32)
     kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, b, res.reshape(-1), True,
-         np.zeros(cout, np.float32), 0.0, True, ps, pt, 0)
+         np.zeros(cout, np.float32), 0.0, True, ps, pt, 0, *_NO_PROLOGUE(cin))
     ref = (np.maximum(w.astype(np.float64) @ x + b[:, None] + res, 0) * ps[:, None] + pt[:, None])
     np.testing.assert_allclose(out[:cout * P].reshape(cout, P), ref, rtol=1e-5, atol=1e-5)
     assert (out[cout * P:] == 7.0).all()
+
+
+def _NO_PROLOGUE(cin):
+    return np.ones(cin, np.float32), np.zeros(cin, np.float32), np.zeros(cin, np.float32), 0.0
+
+
+PW_PROLOGUES = [  # (activation code, alpha per channel?, beta)
+    (activations.NONE, False, 0.0),
+    (activations.RELU, False, 0.0),
+    (activations.PRELU, True, 0.0),
+    (activations.CLIP, False, 6.0),  # alpha is the lower bound, beta the upper
+]
+
+
+@pytest.mark.parametrize("code,per_channel,beta", PW_PROLOGUES, ids=str)
+def test_pointwise_kernel_prologue(code, per_channel, beta):
+    """The fused prologue act(x * scale + shift) of the pointwise kernel, negative scales included,
+    against a float64 reference; P = 70 also covers the overlapping last tile."""
+    cin, cout, P = 37, 26, 70
+    x, w = randn(cin, P, seed=1) * 3, randn(cout, cin, seed=2)
+    b = randn(cout, seed=3)
+    scale, shift = randn(cin, seed=4), randn(cin, seed=5)
+    scale[::3] *= -1
+    alpha = randn(cin, seed=6) * 0.3 if per_channel else np.full(cin, -1.0 if code == activations.CLIP else 0.0,
+                                                                  np.float32)
+    kern = CD.pointwise_kernel(12, 32, activations.NONE, code)
+    CD.compile_now(kern, CD.PW_SIG)
+    out = np.full(cout * P, np.nan, np.float32)
+    kern(x.reshape(-1), CD.pack_weights_pw(w, 12), out, cin, cout, P, b, np.zeros(0, np.float32), False,
+         np.zeros(cout, np.float32), 0.0, False, b, b, 0, scale, shift, alpha, beta)
+    v = x.astype(np.float64) * scale[:, None] + shift[:, None]
+    if code == activations.RELU:
+        v = np.maximum(v, 0)
+    elif code == activations.PRELU:
+        v = np.where(v < 0, v * alpha[:, None], v)
+    elif code == activations.CLIP:
+        v = np.clip(v, -1.0, beta)
+    np.testing.assert_allclose(out.reshape(cout, P), w.astype(np.float64) @ v + b[:, None], rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_kernel_refuses_a_prologue_it_cannot_inline():
+    with pytest.raises(ValueError, match="prologue activation"):
+        CD.pointwise_kernel(12, 32, activations.NONE, activations.SIGMOID, cache=False)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,attrs", [
+    ((1, 24, 12, 12), (40, 24, 1, 1), dict()),                # 144 px
+    ((1, 16, 29, 29), (20, 16, 1, 1), dict(strides=[2, 2])),  # strided: subsampled, then the prologue
+], ids=str)
+@pytest.mark.parametrize("pre", [("Relu", {}), ("Sigmoid", {})], ids=str)  # Sigmoid: not inlined, packed
+def test_pointwise_with_prologue_routed(x_shape, w_shape, attrs, pre, monkeypatch):
+    """A 1x1 conv behind a BN->ReLU (pre-activation nets) runs on the pointwise kernel, the prologue
+    fused into its loads; a prologue it cannot inline takes the packing path."""
+    from tests.test_conv import _channel, _np_act
+    x, w, b = randn(*x_shape, seed=3) * 2, randn(*w_shape, seed=4), randn(w_shape[0], seed=5)
+    cin = x_shape[1]
+    scale, shift = randn(cin, seed=13), randn(cin, seed=14)
+    scale[1::2] *= -1
+    xin = _np_act(pre, x * _channel(scale, 4) + _channel(shift, 4)).astype(np.float32)
+    expect = np.maximum(_ort_plain("Conv", xin, w, b, attrs), 0)
+    made = []
+    factory = CD.pointwise_kernel
+    monkeypatch.setattr(CD, "pointwise_kernel", lambda *a, **k: made.append(a) or factory(*a, **k))
+    ours = _run_fused("Conv", x, w, b, attrs, activation=("Relu", {}), pre_activation=pre,
+                      extras={"pre_scale": scale, "pre_shift": shift})
+    np.testing.assert_allclose(ours, expect, rtol=1e-4, atol=1e-5)
+    assert made == ([(12, 32, activations.RELU, activations.RELU)] if pre[0] == "Relu" else [])
 
 
 @pytest.mark.parametrize("activation", ACTS[:3], ids=str)
@@ -164,3 +231,47 @@ def test_pointwise_fused(activation):
     np.testing.assert_allclose(ours, expect, rtol=1e-4, atol=1e-5)
     ours = _run_fused("Conv", x, w, b, {}, activation=activation)
     np.testing.assert_allclose(ours, _np_act(activation, plain), rtol=1e-4, atol=1e-5)
+
+
+def _prologue_reference(x, scale, shift, alpha, code, beta):
+    v = x * scale[:, None, None] + shift[:, None, None]
+    if code == activations.RELU:
+        return np.maximum(v, 0)
+    if code == activations.PRELU:
+        return np.where(v < 0, v * alpha[:, None, None], v)
+    if code == activations.CLIP:
+        return np.clip(v, alpha[:, None, None], beta)
+    if code == activations.SIGMOID:
+        return 1 / (1 + np.exp(-v))
+    return v
+
+
+PACK_PROLOGUES = [(activations.NONE, 0.0), (activations.RELU, 0.0), (activations.PRELU, 0.0),
+                  (activations.CLIP, 0.5), (activations.SIGMOID, 0.0)]  # Sigmoid: the apply() fallback
+
+
+@pytest.mark.parametrize("code,beta", PACK_PROLOGUES, ids=str)
+def test_packers_apply_the_prologue(code, beta):
+    """Every packing path with a fused prologue (contiguous rows, the stride-2 deinterleave with even
+    and odd left pads, stride 3, the 16-channel blocked layout and its channel remainder) equals the
+    plain packing of act(x * scale + shift), with negative scales and NaN kept."""
+    C, H, W = 20, 3, 11
+    x = randn(C, H, W, seed=1) * 3
+    x[2, 1, 4] = np.nan
+    scale, shift, alpha = randn(C, seed=2), randn(C, seed=3), randn(C, seed=4) * 0.3
+    scale[::2] *= -1
+    if code == activations.CLIP:
+        alpha = np.full(C, -0.5, np.float32)
+    pre = _prologue_reference(x, scale, shift, alpha, code, beta).astype(np.float32)
+    one, zero = np.ones(C, np.float32), np.zeros(C, np.float32)
+    for SW, PW in ((1, 2), (2, 0), (2, 1), (3, 1), (3, 2)):
+        Hp, Wq = H + 2, -(-(W + 2 * PW) // SW) + 2
+        ours, ref = np.zeros(C * Hp * SW * Wq, np.float32), np.zeros(C * Hp * SW * Wq, np.float32)
+        DWK.pack_rows(x.reshape(-1), ours, C, H, W, Hp, SW, Wq, 1, PW, True, scale, shift, code, alpha, beta)
+        DWK.pack_rows(pre.reshape(-1), ref, C, H, W, Hp, SW, Wq, 1, PW, False, one, zero, 0, zero, 0.0)
+        np.testing.assert_allclose(ours, ref, rtol=2e-6, atol=1e-6, err_msg=f"SW {SW} PW {PW}")
+    Hp, Wp = H + 2, W + 3
+    ours, ref = np.zeros(32 * Hp * Wp, np.float32), np.zeros(32 * Hp * Wp, np.float32)
+    CD.pack_input(x.reshape(-1), ours, C, H, W, 16, Hp, Wp, 1, 2, True, scale, shift, code, alpha, beta)
+    CD.pack_input(pre.reshape(-1), ref, C, H, W, 16, Hp, Wp, 1, 2, False, one, zero, 0, zero, 0.0)
+    np.testing.assert_allclose(ours, ref, rtol=2e-6, atol=1e-6)

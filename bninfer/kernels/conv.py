@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..activations import CLIP, NONE, RELU, apply
+from ..activations import CLIP, NONE, RELU, apply, prologue_span
 
 GEOM_LEN = 20
 
@@ -98,8 +98,7 @@ def prologue(x, out, n_outer, channels, inner, scale, shift, code, alpha, beta):
         for c in range(channels):
             s, t, a = scale[c], shift[c], alpha[c]
             base = (o * channels + c) * inner
-            for i in range(base, base + inner):
-                out[i] = apply(code, x[i] * s + t, a, beta)
+            prologue_span(x, base, 1, out, base, 1, inner, s, t, a, code, beta)
 
 
 @njit(cache=True, nogil=True)
@@ -182,9 +181,7 @@ def depthwise(x, w, out, geom, mult, bias, has_pre, pre_scale, pre_shift, pre_co
             src = x
             sb = xb
             if has_pre:
-                s, t, a = pre_scale[c], pre_shift[c], pre_alpha[c]
-                for i in range(S):
-                    plane[i] = apply(pre_code, x[xb + i] * s + t, a, pre_beta)
+                prologue_span(x, xb, 1, plane, 0, 1, S, pre_scale[c], pre_shift[c], pre_alpha[c], pre_code, pre_beta)
                 src = plane
                 sb = 0
             for m in range(mult):

@@ -36,7 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
-from ..activations import INLINE_CODES, activate, activate_planes, apply, compile_span
+from ..activations import INLINE_CODES, activate, activate_planes, compile_span, prologue_span
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
 _lock = threading.RLock()
@@ -105,22 +105,15 @@ def pack_input(x, xp, C, H, W, CIB, Hp, Wp, PH, PW, has_pre, scale, shift, code,
                     uw = np.uint64(w_)
                     for ci in range(16):
                         xp[dst + uw * u16 + np.uint64(ci)] = x[src + np.uint64(ci * HW) + uw]
-            elif CIB == 16 and nci == 16:
-                for w_ in range(W):
-                    uw = np.uint64(w_)
-                    for ci in range(16):
-                        c = c0 + ci
-                        v = x[src + np.uint64(ci * HW) + uw] * scale[c] + shift[c]
-                        xp[dst + uw * u16 + np.uint64(ci)] = apply(code, v, alpha[c], beta)
-            else:
+            elif has_pre:
                 for ci in range(nci):
                     c = c0 + ci
-                    s, t, a = scale[c], shift[c], alpha[c]
+                    prologue_span(x, src + np.uint64(ci * HW), 1, xp, dst + np.uint64(ci), CIB, W, scale[c],
+                                  shift[c], alpha[c], code, beta)
+            else:
+                for ci in range(nci):
                     for w_ in range(W):
-                        v = x[src + np.uint64(ci * HW + w_)]
-                        if has_pre:
-                            v = apply(code, v * s + t, a, beta)
-                        xp[dst + np.uint64(w_ * CIB + ci)] = v
+                        xp[dst + np.uint64(w_ * CIB + ci)] = x[src + np.uint64(ci * HW + w_)]
 
 
 def pack_weights(w: np.ndarray, cinb: int, cib: int, cob: int) -> np.ndarray:
@@ -223,27 +216,35 @@ def pack_weights_pw(w: np.ndarray, cot: int) -> np.ndarray:
     return np.ascontiguousarray(full.reshape(nob, cot, cin).transpose(0, 2, 1)).reshape(-1)
 
 
-def pointwise_kernel(COT, PXT, ACT, cache=True):
-    """kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, 0): the 1x1
-    convolution out (COUT, P) = W (COUT, CIN) . x (CIN, P) on NCHW data, a register tile of COT output
-    channels (weights broadcast) x PXT consecutive pixels (vector loads and stores), epilogue fused.
-    No packing of the input. P >= PXT: when PXT does not divide P, the last tile is moved back to end at
+def pointwise_kernel(COT, PXT, ACT, PRE=-1, cache=True):
+    """kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, 0, pre_scale,
+    pre_shift, pre_alpha, pre_beta): the 1x1 convolution out (COUT, P) = W (COUT, CIN) . x (CIN, P) on
+    NCHW data, a register tile of COT output channels (weights broadcast) x PXT consecutive pixels
+    (vector loads and stores), epilogue fused. No packing of the input. PRE >= 0 (an INLINE_CODES
+    activation) fuses the prologue act(x * pre_scale + pre_shift) into the loads: it is recomputed for
+    every block of COT output channels, two vector operations per COT vector FMAs, cheaper than a pass
+    of its own over the input (pre-activation nets such as DenseNet read a wide input through it). P >= PXT: when PXT does not divide P, the last tile is moved back to end at
     P, overlapping its neighbour, so every tile is a full vector tile; the pixels both compute get the
     same sums in the same order, so writing them twice is harmless (a scalar remainder loop made 28x28
     and 14x14 layers run at half speed)."""
-    key = ("pw", COT, PXT, ACT)
+    key = ("pw", COT, PXT, ACT, PRE)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
+    if PRE >= 0 and PRE not in INLINE_CODES:
+        raise ValueError(f"prologue activation code {PRE} is not one the pointwise kernel inlines")
     NACC = COT * PXT
     INLINE = ACT in INLINE_CODES
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
-    def kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
+    def kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0, psc, psh, pal,
+             pbeta):
         nob = (COUT + COT - 1) // COT
         hi = np.float32(beta)  # Clip's upper bound
+        phi = np.float32(pbeta)
         acc = stack_f32(NACC)
+        xv = stack_f32(PXT)
         uP = np.uint64(P)
         ntiles = (P + PXT - 1) // PXT
         for ob in range(nob):
@@ -255,10 +256,17 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
                 for ci in range(ci0, CIN):
                     xo = np.uint64(ci) * uP + np.uint64(p0)
                     wo = np.uint64(wb + ci * COT)
+                    if PRE >= 0:
+                        sc, sh, pa = psc[ci], psh[ci], pal[ci]
+                        for j in range(PXT):
+                            xv[j] = activate(PRE, x[xo + np.uint64(j)] * sc + sh, pa, phi, pbeta)
+                    else:
+                        for j in range(PXT):
+                            xv[j] = x[xo + np.uint64(j)]
                     for c in range(COT):
                         wv = w[wo + np.uint64(c)]
                         for j in range(PXT):
-                            acc[c * PXT + j] += wv * x[xo + np.uint64(j)]
+                            acc[c * PXT + j] += wv * xv[j]
                 for c in range(COT):
                     co = ob * COT + c
                     if co < COUT:
@@ -287,7 +295,8 @@ def pointwise_kernel(COT, PXT, ACT, cache=True):
 
 PW_SIG = (types.float32[::1], types.float32[::1], types.float32[::1], types.int64, types.int64, types.int64,
           types.float32[::1], types.float32[::1], types.boolean, types.float32[::1], types.float64,
-          types.boolean, types.float32[::1], types.float32[::1], types.int64)
+          types.boolean, types.float32[::1], types.float32[::1], types.int64, types.float32[::1],
+          types.float32[::1], types.float32[::1], types.float64)
 
 
 # -- direct kernel vectorized along the output row (few input channels: network stems) ------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from ..activations import INLINE_CODES, activate, activate_planes, apply, compile_span
+from ..activations import INLINE_CODES, activate, activate_planes, compile_span, prologue_span
 from .conv_direct import _FASTMATH, stack_f32
 
 _KERNELS: dict = {}
@@ -31,15 +31,22 @@ def pack_rows(x, xp, C, H, W, Hp, SW, Wq, PH, PW, has_pre, scale, shift, code, a
                 dst = row * Wq + PW
                 ud, us = np.uint64(dst), np.uint64(src)
                 if has_pre:
-                    for w_ in range(W):
-                        uw = np.uint64(w_)
-                        xp[ud + uw] = apply(code, x[us + uw] * s + t, a, beta)
+                    prologue_span(x, us, 1, xp, ud, 1, W, s, t, a, code, beta)
                 else:
                     for w_ in range(W):
                         uw = np.uint64(w_)
                         xp[ud + uw] = x[us + uw]
                 continue
-            if SW == 2 and not has_pre:
+            if SW == 2 and has_pre:  # the deinterleave below, the prologue applied on the way
+                r0 = row * Wq
+                if PW % 2 == 0:
+                    de, do = r0 + PW // 2, r0 + Wq + PW // 2
+                else:
+                    de, do = r0 + Wq + (PW - 1) // 2, r0 + (PW + 1) // 2
+                prologue_span(x, src, 2, xp, de, 1, (W + 1) // 2, s, t, a, code, beta)
+                prologue_span(x, src + 1, 2, xp, do, 1, W // 2, s, t, a, code, beta)
+                continue
+            if SW == 2:
                 # deinterleave: even input columns to one phase row, odd ones to the other, 16 pairs at a
                 # time (constant trip count: vectorizes), then a scalar tail
                 us = np.uint64(src)
@@ -64,20 +71,6 @@ def pack_rows(x, xp, C, H, W, Hp, SW, Wq, PH, PW, has_pre, scale, shift, code, a
                 if W % 2:
                     xp[ude + np.uint64(npairs)] = x[us + np.uint64(W - 1)]
                 continue
-            if SW == 2:  # contiguous reads, two write streams (faster than strided reads)
-                us = np.uint64(src)
-                r0 = np.uint64(row * Wq)
-                r1 = r0 + np.uint64(Wq)
-                for w_ in range(W):
-                    j = w_ + PW
-                    v = x[us + np.uint64(w_)]
-                    if has_pre:
-                        v = apply(code, v * s + t, a, beta)
-                    if j & 1:
-                        xp[r1 + np.uint64(j >> 1)] = v
-                    else:
-                        xp[r0 + np.uint64(j >> 1)] = v
-                continue
             for ph in range(SW):
                 # padded columns q * SW + ph that hold input column w_ = q * SW + ph - PW in [0, W)
                 q0 = max(0, (PW - ph + SW - 1) // SW)
@@ -86,9 +79,9 @@ def pack_rows(x, xp, C, H, W, Hp, SW, Wq, PH, PW, has_pre, scale, shift, code, a
                 us = np.uint64(src + ph - PW)
                 uS = np.uint64(SW)
                 if has_pre:
-                    for q in range(q0, q1):
-                        uq = np.uint64(q)
-                        xp[ud + uq] = apply(code, x[us + uq * uS] * s + t, a, beta)
+                    if q1 > q0:
+                        prologue_span(x, src + ph - PW + q0 * SW, SW, xp, (row + ph) * Wq + q0, 1, q1 - q0, s, t, a,
+                                      code, beta)
                 else:
                     for q in range(q0, q1):
                         uq = np.uint64(q)

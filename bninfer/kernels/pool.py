@@ -20,7 +20,7 @@ import math
 import numpy as np
 from numba import njit, uint64
 
-from ..activations import apply
+from ..activations import prologue_span
 
 LOWEST = np.float32(np.finfo(np.float32).min)  # what a window with no input element gives (as ORT)
 LANES = 128  # partial results kept by the whole-plane reductions
@@ -283,14 +283,14 @@ def lrn(x, out, batch, channels, inner, size, alpha, beta, bias):
 def global_pool_prologue(x, out, planes, channels, inner, scale, shift, code, alpha, beta, take_max):
     """Global average (or max) of pre_act(scale[c]*x + shift[c]) per plane: a BN (and its activation)
     standing before the pool, applied while reading, with no pass of its own."""
+    row = np.empty(inner, np.float32)
     for p in range(planes):
         c = p % channels
-        s, t, a = scale[c], shift[c], alpha[c]
-        b = p * inner
+        prologue_span(x, p * inner, 1, row, 0, 1, inner, scale[c], shift[c], alpha[c], code, beta)
         if take_max:
             m = np.float32(-np.inf)
-            for i in range(b, b + inner):
-                v = apply(code, x[i] * s + t, a, beta)
+            for i in range(inner):
+                v = row[i]
                 if v > m or v != v:
                     m = v
                 if m != m:
@@ -298,6 +298,6 @@ def global_pool_prologue(x, out, planes, channels, inner, scale, shift, code, al
             out[p] = m
         else:
             acc = 0.0
-            for i in range(b, b + inner):
-                acc += apply(code, x[i] * s + t, a, beta)
+            for i in range(inner):
+                acc += row[i]
             out[p] = acc / inner if inner > 0 else 0.0

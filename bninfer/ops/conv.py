@@ -467,12 +467,12 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 _PW_TILE = (12, 32)  # pointwise kernel tile: output channels x pixels (None: direct kernel / BLAS)
 
 
-def _pointwise_conv(g: Geometry, ep: _Epilogue, bias, wdata):
-    """bninfer.kernels.conv_direct.pointwise_kernel for a 1x1, stride-1, unpadded convolution (any rank,
-    group 1, constant weights, no prologue): NCHW in and out, no packing."""
+def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
+    """bninfer.kernels.conv_direct.pointwise_kernel for an unpadded 1x1 convolution (any rank, group 1,
+    constant weights, a prologue whose activation it inlines): NCHW in and out, no packing."""
     cin, cout = g.in_channels, g.out_channels
     cot, pxt = _PW_TILE
-    kern = CD.pointwise_kernel(cot, pxt, ep.code)
+    kern = CD.pointwise_kernel(cot, pxt, ep.code, pro.code if pro.has_pre else -1)
     CD.compile_now(kern, CD.PW_SIG)
     w = CD.pack_weights_pw(np.asarray(wdata, np.float32).reshape(cout, cin), cot)
     P = int(np.prod(g.out_spatial))
@@ -502,7 +502,8 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, bias, wdata):
             def part(b0, b1):  # output-channel blocks [b0, b1)
                 c0, c1 = b0 * cot, min(b1 * cot, cout)
                 yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
-                kern(xn, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, P, bo, ro, hr, ao, be, hp, so, to, 0)
+                kern(xn, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, P, bo, ro, hr, ao, be, hp, so, to, 0,
+                     pro.scale, pro.shift, pro.alpha, pro.beta)
             threads.split(part, nob, macs)
     return run
 
@@ -655,8 +656,8 @@ def _conv(node, ins, outs):
     P = int(np.prod(g.out_spatial))
     geom = g.geom(g.in_channels, g.in_spatial, g.out_spatial)
     depthwise = cin_g == 1 and G > 1
-    pointwise = (ksize == 1 and all(s == 1 for s in g.strides) and not any(g.pads_begin)
-                 and not any(g.pads_end) and not pro.has_pre)
+    unpadded_1x1 = ksize == 1 and not any(g.pads_begin) and not any(g.pads_end)
+    pointwise = unpadded_1x1 and all(s == 1 for s in g.strides) and not pro.has_pre
     mult = cout_g
 
     def weights(w):
@@ -670,11 +671,10 @@ def _conv(node, ins, outs):
         return _depthwise_conv(g, ep, pro, bias, wdata)
     # small images (7x7: the pointwise kernel's overlapping last tile would redo a third of the work) go to
     # the direct kernel; a strided unpadded 1x1 conv subsamples its input first
-    strided_1x1 = (ksize == 1 and not any(g.pads_begin) and not any(g.pads_end) and not pro.has_pre
-                   and g.nsp <= 2)
-    if wdata is not None and (pointwise or strided_1x1) and G == 1 and np.prod(out_shape) > 0 and _PW_TILE \
-            and (P >= 4 * _PW_TILE[1] or P % _PW_TILE[1] == 0):
-        return _pointwise_conv(g, ep, bias, wdata)
+    pw_prologue = not pro.has_pre or pro.code in activations.INLINE_CODES
+    if wdata is not None and unpadded_1x1 and pw_prologue and (g.nsp <= 2 or pointwise) and G == 1 \
+            and np.prod(out_shape) > 0 and _PW_TILE and (P >= 4 * _PW_TILE[1] or P % _PW_TILE[1] == 0):
+        return _pointwise_conv(g, ep, pro, bias, wdata)
     if wdata is not None and not depthwise and G == 1 and g.nsp <= 2 and np.prod(out_shape) > 0 \
             and (ksize > 1 or g.in_channels >= _DIRECT_1X1_MIN_CIN):
         if g.in_channels <= _ROWVEC_MAX_CIN and ksize > 1:
