@@ -62,7 +62,7 @@ def main():
             sig = CD.ROWVEC_SIG
             k = CD.compile_now(CD.rowvec_kernel(*consts, cache=False), sig)
         elif kind == "dwb":
-            sig = DW.DW_SIG
+            sig = DW.BLOCKED_SIG
             k = CD.compile_now(DW.blocked_kernel(*consts, cache=False), sig)
         else:
             k = CD.compile_now(DW.depthwise_kernel(*consts, cache=False), DW.DW_SIG)

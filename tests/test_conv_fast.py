@@ -60,6 +60,8 @@ FUSED_SHAPES = [
     ((1, 20, 9, 10), (20, 1, 3, 3), dict(group=20, strides=[2, 2], pads=[1, 1, 1, 1])),  # depthwise blocked
     ((1, 3, 19, 37), (10, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),  # few input channels: row tile
     ((1, 20, 9, 61), (20, 1, 3, 3), dict(group=20, strides=[2, 2], pads=[1, 1, 1, 1])),  # depthwise rows s2
+    ((1, 20, 10, 64), (20, 1, 3, 3), dict(group=20, strides=[2, 2], pads=[1, 1, 1, 1])),  # s2, whole pairs
+    ((1, 20, 3, 40), (20, 1, 3, 3), dict(group=20, pads=[1, 1, 1, 1])),      # depthwise rows, one-row tile
 ]
 ACTS = [None, ("Relu", {}), ("Clip", {"min": 0.0, "max": 6.0})]  # the kernels' special-cased codes
 GENERIC = ("HardSwish", {})  # one through the activation table (each code is a separate compile)
@@ -275,3 +277,25 @@ def test_packers_apply_the_prologue(code, beta):
     CD.pack_input(x.reshape(-1), ours, C, H, W, 16, Hp, Wp, 1, 2, True, scale, shift, code, alpha, beta)
     CD.pack_input(pre.reshape(-1), ref, C, H, W, 16, Hp, Wp, 1, 2, False, one, zero, 0, zero, 0.0)
     np.testing.assert_allclose(ours, ref, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("PW,pre", [(0, False), (1, False), (1, True), (2, True)], ids=str)
+def test_pack_rows_stride2_pairs(PW, pre):
+    """Even rows at stride 2 are split as 64-bit pairs (deinterleave): against the layout built in
+    numpy from a padded plane, with the prologue applied in place after the split."""
+    C, H, W, PH = 5, 4, 38, 1
+    Hp = H + 2 * PH
+    Wpad = W + 2 * PW
+    Wq = -(-Wpad // 2) + 1
+    x = randn(C, H, W, seed=1) * 3
+    scale, shift = randn(C, seed=2), randn(C, seed=3)
+    scale[::2] *= -1
+    zero, one = np.zeros(C, np.float32), np.ones(C, np.float32)
+    v = np.maximum(x * scale[:, None, None] + shift[:, None, None], 0) if pre else x
+    plane = np.zeros((C, Hp, 2 * Wq), np.float32)
+    plane[:, PH:PH + H, PW:PW + W] = v
+    ref = np.stack([plane[:, :, 0::2], plane[:, :, 1::2]], axis=2)  # (C, Hp, phase, Wq)
+    ours = np.zeros(C * Hp * 2 * Wq, np.float32)
+    DWK.pack_rows(x.reshape(-1), ours, C, H, W, Hp, 2, Wq, PH, PW, pre, scale if pre else one,
+                  shift if pre else zero, activations.RELU if pre else 0, zero, 0.0)
+    np.testing.assert_allclose(ours.reshape(C, Hp, 2, Wq), ref, rtol=2e-6, atol=1e-6)

@@ -520,33 +520,63 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     OH, OW = _two_d(g.out_spatial, 1)
     Hp = H + PH + EH
     N = g.batch
-    blocked = OW < DWK.ROW_MIN_WIDTH
-    if blocked:  # short rows: 16 channels per vector
-        rw = min((8, 7, 6), key=lambda r: (-(-OW // r) * r, -r))
-        kern = DWK.blocked_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW)
-        cpad = -(-C // 16) * 16
-        w = DWK.pack_weights_blocked(np.asarray(wdata, np.float32).reshape(C, 1, KH, KW), cpad)
-        Wq = W + PW + EW
-        plane = cpad * Hp * Wq
-        slack = (rw * SW + KW * DW) * 16
-    else:  # long rows: vectors along the row
-        rw = DWK.pick_rw(OW)
-        # strided: plain padded rows read with a stride (splitting the input into stride phases first
-        # cost twice the whole convolution on MobileNet's 112x112 stride-2 layer)
-        kern = DWK.depthwise_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW, phases=SW == 1)
-        w = np.array(wdata, np.float32).reshape(-1)
-        Wq = max(W + PW + EW, -(-OW // rw) * rw * SW + (KW - 1) * DW)
-        plane = C * Hp * Wq
-        slack = 0
-    CD.compile_now(kern, DWK.DW_SIG)
-    padded = _PaddedInput(plane + slack)
     P = OH * OW
     xs, ys = C * H * W, C * P
-    grain = 16 if blocked else 1  # channels per part: whole blocks of the blocked layout
-    per_channel = Hp * Wq  # floats of xp per channel (and of w: KH * KW)
     kk = KH * KW
     # depthwise layers run at a tenth of a dense layer's speed: their work counts ten times
     macs = 10 * C * P * kk
+    if OW < DWK.ROW_MIN_WIDTH:  # short rows: 16 channels per vector
+        return _depthwise_blocked(g, ep, pro, bias, wdata, macs)
+    # long rows: vectors along the row, a strided input split into stride phases while it is packed
+    rw = DWK.pick_rw(OW)
+    kern = DWK.depthwise_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW, phases=True, RH=4 if OH >= 4 else 1)
+    CD.compile_now(kern, DWK.DW_SIG)
+    w = np.array(wdata, np.float32).reshape(-1)
+    Wq = DWK.dw_layout(W, PW, EW, SW, KW, DW, rw, OW)
+    scratch = _PaddedInput(Hp * SW * Wq)  # one channel, per thread
+
+    def run(i, o):
+        y = o[0]
+        b = _runtime_bias(i, bias)
+        x = _flat(i[0])
+        yf = y.reshape(-1)
+        res, has_res = ep.residual_array(i)
+        for n in range(N):
+            xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
+
+            def part(c0, c1):  # channels [c0, c1)
+                yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
+                kern(xn[c0 * H * W:c1 * H * W], scratch.get(), w[c0 * kk:], yo, c1 - c0, H, W, Hp, Wq, PH, PW,
+                     OH, OW, bo, ro, hr, ao, be, hp, so, to, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1],
+                     pro.code, pro.alpha[c0:c1], pro.beta)
+            threads.split(part, C, macs)
+    return run
+
+
+def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, macs: float):
+    """kernels.depthwise.blocked_kernel: a depthwise conv whose output rows are too short for vectors."""
+    C = g.in_channels
+    H, W = _two_d(g.in_spatial, 1)
+    KH, KW = _two_d(g.kernel, 1)
+    SH, SW = _two_d(g.strides, 1)
+    DH, DW = _two_d(g.dilations, 1)
+    PH, PW = _two_d(g.pads_begin, 0)
+    EH, EW = _two_d(g.pads_end, 0)
+    OH, OW = _two_d(g.out_spatial, 1)
+    Hp = H + PH + EH
+    N = g.batch
+    rw = min((8, 7, 6), key=lambda r: (-(-OW // r) * r, -r))
+    kern = DWK.blocked_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW)
+    CD.compile_now(kern, DWK.BLOCKED_SIG)
+    cpad = -(-C // 16) * 16
+    w = DWK.pack_weights_blocked(np.asarray(wdata, np.float32).reshape(C, 1, KH, KW), cpad)
+    Wq = W + PW + EW
+    plane = cpad * Hp * Wq
+    padded = _PaddedInput(plane + (rw * SW + KW * DW) * 16)
+    P = OH * OW
+    xs, ys = C * H * W, C * P
+    per_channel = Hp * Wq  # floats of xp per channel (and of w: KH * KW)
+    kk = KH * KW
 
     def run(i, o):
         y = o[0]
@@ -556,20 +586,15 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         res, has_res = ep.residual_array(i)
         xp = padded.get()
         for n in range(N):
-            if n:
-                xp[:plane] = 0.0
             xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
-            def part(c0, c1):  # channels [c0, c1): packed and convolved by one thread
+            def part(c0, c1):  # channels [c0, c1), whole blocks of 16: packed and convolved by one thread
                 xpc = xp[c0 * per_channel:]
-                pre = (pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code, pro.alpha[c0:c1], pro.beta)
-                if blocked:
-                    CD.pack_input(xn[c0 * H * W:c1 * H * W], xpc, c1 - c0, H, W, 16, Hp, Wq, PH, PW, *pre)
-                else:
-                    DWK.pack_rows(xn[c0 * H * W:c1 * H * W], xpc, c1 - c0, H, W, Hp, 1, Wq, PH, PW, *pre)
+                CD.pack_input(xn[c0 * H * W:c1 * H * W], xpc, c1 - c0, H, W, 16, Hp, Wq, PH, PW, pro.has_pre,
+                              pro.scale[c0:c1], pro.shift[c0:c1], pro.code, pro.alpha[c0:c1], pro.beta)
                 yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
                 kern(xpc, w[c0 * kk:], yo, c1 - c0, Hp, Wq, OH, OW, bo, ro, hr, ao, be, hp, so, to)
-            threads.split(part, C, macs, grain)
+            threads.split(part, C, macs, 16)
     return run
 
 
