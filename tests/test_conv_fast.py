@@ -41,6 +41,8 @@ DEPTHWISE = [
     ((1, 40, 14, 14), (40, 1, 3, 3), dict(group=40, pads=[1, 1, 1, 1])),            # blocked
     ((1, 33, 9, 11), (33, 1, 3, 3), dict(group=33, strides=[2, 2], pads=[1, 0, 1, 2])),  # blocked s2
     ((1, 16, 13, 7), (16, 1, 5, 5), dict(group=16, pads=[2, 2, 2, 2])),
+    ((1, 20, 5, 5), (20, 1, 3, 3), dict(group=20, pads=[1, 1, 1, 1])),              # blocked, tile = row
+    ((1, 24, 9, 9), (24, 1, 3, 3), dict(group=24, pads=[1, 1, 1, 1])),              # blocked, tiles overlap
     ((2, 16, 30, 28), (16, 1, 3, 3), dict(group=16, dilations=[2, 2], pads=[2, 2, 2, 2])),  # dilation, batch
     ((1, 8, 40), (8, 1, 3), dict(group=8, strides=[2], pads=[1, 1])),               # 1-D
     ((1, 8, 50, 61), (8, 1, 3, 3), dict(group=8, strides=[2, 2], pads=[1, 1, 1, 1])),  # rows s2, odd pad/width

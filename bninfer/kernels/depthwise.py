@@ -223,8 +223,9 @@ def pack_weights_blocked(w: np.ndarray, cpad: int) -> np.ndarray:
 
 def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
     """Input packed by conv_direct.pack_input into xp[CB][Hp][Wp][16] (needs (RW * SW + KW * DW) * 16
-    floats of slack), weights w[CB][KH][KW][16]; a tile of 16 channels x RW pixels. kern(xp, w, out, C,
-    Hp, Wp, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt) (BLOCKED_SIG)."""
+    floats of slack), weights w[CB][KH][KW][16]; a tile of 16 channels x RW pixels (OW >= RW; the last
+    tile of a row moved back to end at OW, as in depthwise_kernel). kern(xp, w, out, C, Hp, Wp, OH, OW,
+    bias, res, has_res, alpha, beta, has_post, ps, pt) (BLOCKED_SIG)."""
     key = ("blocked", KH, KW, SH, SW, RW, ACT, DH, DW)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
@@ -243,7 +244,8 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
         acc = stack_f32(NACC)
         for cb in range(ncb):
             for oh in range(OH):
-                for ow0 in range(0, OW, RW):
+                for ow00 in range(0, OW, RW):
+                    ow0 = min(ow00, OW - RW)  # the last tile moved back: every accumulator index constant
                     for i in range(NACC):
                         acc[i] = 0.0
                     for kh in range(KH):
@@ -255,24 +257,21 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
                             for px in range(RW):
                                 for c in range(CB):
                                     acc[px * CB + c] += xp[xo + np.uint64(px * PXS + c)] * w[wo + np.uint64(c)]
-                    npx = min(RW, OW - ow0)
                     for c in range(CB):
                         co = cb * CB + c
                         if co < C:
                             b, a = bias[co], alpha[co]
                             s, t = ps[co], pt[co]
-                            ob_ = co * P + oh * OW + ow0
+                            uo = np.uint64(co * P + oh * OW + ow0)
                             for px in range(RW):
-                                if px >= npx:
-                                    break
                                 v = acc[px * CB + c] + b
                                 if has_res:
-                                    v += res[ob_ + px]
+                                    v += res[uo + np.uint64(px)]
                                 if INLINE:
                                     v = activate(ACT, v, a, hi, beta)
                                     if has_post:
                                         v = v * s + t
-                                out[ob_ + px] = v
+                                out[uo + np.uint64(px)] = v
             if not INLINE:
                 activate_planes(ACT, out, cb * CB, min(cb * CB + CB, C), P, alpha, hi, beta, has_post, ps,
                                 pt)

@@ -565,7 +565,7 @@ def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, 
     OH, OW = _two_d(g.out_spatial, 1)
     Hp = H + PH + EH
     N = g.batch
-    rw = min((8, 7, 6), key=lambda r: (-(-OW // r) * r, -r))
+    rw = min(OW, min((8, 7, 6), key=lambda r: (-(-OW // r) * r, -r)))  # tiles may overlap, never exceed OW
     kern = DWK.blocked_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW)
     CD.compile_now(kern, DWK.BLOCKED_SIG)
     cpad = -(-C // 16) * 16
