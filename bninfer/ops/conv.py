@@ -356,6 +356,13 @@ def _pick_tile(cout: int, ow: int) -> tuple[int, int]:
     return cob, rw
 
 
+def _plane(g: Geometry) -> tuple[int, ...]:
+    """A 1-D/2-D conv's (H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW): input size, kernel,
+    strides, dilations, pads at the start and the end, output size (1-D: H = KH = OH = 1)."""
+    return (_two_d(g.in_spatial, 1) + _two_d(g.kernel, 1) + _two_d(g.strides, 1) + _two_d(g.dilations, 1)
+            + _two_d(g.pads_begin, 0) + _two_d(g.pads_end, 0) + _two_d(g.out_spatial, 1))
+
+
 _ROWVEC_MAX_CIN = 4  # dense convs with at most this many input channels: row-vectorized kernel
 _ROWVEC_TILE = (8, 32)  # its tile: output channels x pixels
 
@@ -363,13 +370,7 @@ _ROWVEC_TILE = (8, 32)  # its tile: output channels x pixels
 def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     """bninfer.kernels.conv_direct.rowvec_kernel for a dense 1-D/2-D conv with few input channels."""
     cin, cout = g.in_channels, g.out_channels
-    H, W = _two_d(g.in_spatial, 1)
-    KH, KW = _two_d(g.kernel, 1)
-    SH, SW = _two_d(g.strides, 1)
-    DH, DW = _two_d(g.dilations, 1)
-    PH, PW = _two_d(g.pads_begin, 0)
-    EH, EW = _two_d(g.pads_end, 0)
-    OH, OW = _two_d(g.out_spatial, 1)
+    H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
     cot, pxt = _ROWVEC_TILE
     kern = CD.rowvec_kernel(KH, KW, SH, SW, DH, DW, cot, pxt, ep.code)
     CD.compile_now(kern, CD.ROWVEC_SIG)
@@ -411,13 +412,7 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     """The channel-blocked direct kernel of bninfer.kernels.conv_direct for a dense (group 1) 1-D/2-D
     convolution with constant weights, or None when it does not apply."""
     cin, cout = g.in_channels, g.out_channels
-    H, W = _two_d(g.in_spatial, 1)
-    KH, KW = _two_d(g.kernel, 1)
-    SH, SW = _two_d(g.strides, 1)
-    DH, DW = _two_d(g.dilations, 1)
-    PH, PW = _two_d(g.pads_begin, 0)
-    EH, EW = _two_d(g.pads_end, 0)
-    OH, OW = _two_d(g.out_spatial, 1)
+    H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
     if cin >= 16:
         cib = 16 if cin % 16 == 0 or cin % 8 else 8
     else:
@@ -511,13 +506,7 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     """bninfer.kernels.depthwise for a 1-D/2-D depthwise convolution (multiplier 1, constant weights)."""
     C = g.in_channels
-    H, W = _two_d(g.in_spatial, 1)
-    KH, KW = _two_d(g.kernel, 1)
-    SH, SW = _two_d(g.strides, 1)
-    DH, DW = _two_d(g.dilations, 1)
-    PH, PW = _two_d(g.pads_begin, 0)
-    EH, EW = _two_d(g.pads_end, 0)
-    OH, OW = _two_d(g.out_spatial, 1)
+    H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
     Hp = H + PH + EH
     N = g.batch
     P = OH * OW
@@ -556,13 +545,7 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, macs: float):
     """kernels.depthwise.blocked_kernel: a depthwise conv whose output rows are too short for vectors."""
     C = g.in_channels
-    H, W = _two_d(g.in_spatial, 1)
-    KH, KW = _two_d(g.kernel, 1)
-    SH, SW = _two_d(g.strides, 1)
-    DH, DW = _two_d(g.dilations, 1)
-    PH, PW = _two_d(g.pads_begin, 0)
-    EH, EW = _two_d(g.pads_end, 0)
-    OH, OW = _two_d(g.out_spatial, 1)
+    H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
     Hp = H + PH + EH
     N = g.batch
     rw = min(OW, min((8, 7, 6), key=lambda r: (-(-OW // r) * r, -r)))  # tiles may overlap, never exceed OW
