@@ -378,3 +378,94 @@ def test_activation_table_codes_used():
                      beta, False, np.ones(n, np.float32), np.zeros(n, np.float32))
         expect = np.array([activations.apply.py_func(code, float(v), alpha, beta) for v in x], np.float32)
         np.testing.assert_array_equal(y, expect)
+
+
+# -- the one-row product (batch-1 Linear layers): one kernel call, product and epilogue ------------------
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] if a else "none")
+@pytest.mark.parametrize("residual,post", [(False, False), (True, False), (True, True)])
+def test_one_row_fused_epilogue(op, act, residual, post):
+    """k = 13: three passes of four weight rows and one single row."""
+    out, ref = _fused(op, 1, 13, 17, act, residual, post)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("c_kind", [None, "N", "1", "M1", "MN"])
+@pytest.mark.parametrize("res_const", [False, True])
+def test_one_row_gemm_c_variants(c_kind, res_const):
+    out, ref = _fused("Gemm", 1, 6, 7, ("Relu", {}), True, True, c_kind=c_kind, res_const=res_const)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("a_shape", [(5,), (1, 1, 5)], ids=str)
+def test_one_row_matmul_shapes(a_shape):
+    out, ref = _fused("MatMul", None, 5, 6, ("Relu", {}), False, True, a_shape=a_shape)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_one_row_takes_the_vector_kernel(monkeypatch):
+    """A batch-1 layer with constant weights runs as one vector_matrix call, nothing else; two rows or
+    run-time weights do not."""
+    from bninfer.ops import matmul
+    calls = []
+    real = matmul.K.vector_matrix
+    monkeypatch.setattr(matmul.K, "vector_matrix", lambda *a: (calls.append(a[3:5]), real(*a)))
+    monkeypatch.setattr(matmul.K, "row_epilogue", None)  # would raise if called
+    monkeypatch.setattr(matmul, "_dot", None)
+    out, ref = _fused("Gemm", 1, 9, 5, ("Relu", {}), True, True)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    assert calls == [(9, 5)]
+    monkeypatch.undo()
+    monkeypatch.setattr(matmul.K, "vector_matrix", None)
+    for kwargs in [dict(m=2), dict(m=1, b_const=False)]:
+        out, ref = _fused("Gemm", k=9, n=5, act=("Relu", {}), residual=True, post=True, **kwargs)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (3, 2049), (4101, 37)])
+def test_vector_matrix_column_ranges(k, n):
+    """Column ranges (as the threads split them) each get the product and the epilogue; columns
+    past COLUMN_BLOCK and every remainder of k."""
+    from bninfer.kernels.gemm import vector_matrix
+    rng = np.random.default_rng(k + n)
+    x, w = rng.standard_normal(k).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    bias, res, ps, pt = (rng.standard_normal(n).astype(np.float32) for _ in range(4))
+    slope = rng.standard_normal(n).astype(np.float32)
+    ref = np.where((z := x.astype(np.float64) @ w + bias + res) < 0, z * slope, z) * ps + pt
+    y = np.full(n, np.nan, np.float32)
+    cut = n // 3
+    for c0, c1 in [(0, cut), (cut, n)]:
+        vector_matrix(x, w.reshape(-1), y, k, n, c0, c1, bias, True, res, True, activations.PRELU, slope,
+                      0.0, True, ps, pt)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
+def test_one_row_runtime_bias_and_threads():
+    """Gemm with a run-time C vector; a layer large enough for the threaded path (split over column ranges
+    when the workers are awake)."""
+    for k, n, c_const in [(33, 20, False), (4100, 2100, True)]:
+        a, b, c = randn(1, k), randn(n, k), randn(n)
+        node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], transB=1, alpha=0.5)
+        inits = {"b": b, "c": c} if c_const else {"b": b}
+        feeds = {"a": a} if c_const else {"a": a, "c": c}
+        model = make_model([node, helper.make_node("Relu", ["y"], ["z"])],
+                           {k_: list(v.shape) for k_, v in feeds.items()}, ["z"], inits, opset=13)
+        so = bninfer.SessionOptions()
+        so.intra_op_num_threads = 2
+        sess = bninfer.InferenceSession(model.SerializeToString(), so)
+        for _ in range(3):
+            np.testing.assert_allclose(sess.run(None, feeds)[0], np.maximum(0.5 * a.astype(np.float64) @ b.T + c, 0),
+                                       rtol=1e-4, atol=1e-4)
+
+
+def test_one_row_nan_propagates():
+    node = ir.Node("MatMul", "mv_nan", ["a", "b"], ["y"], {"activation": ("Relu", {})})
+    b = randn(6, 5)
+    run = ops.get("MatMul").build(node, [ir.Value("a", (1, 6), F32), ir.Value("b", (6, 5), F32, b)],
+                                  [ir.Value("y", (1, 5), F32)])
+    a = randn(1, 6)
+    a[0, 2] = np.nan
+    out = np.empty((1, 5), np.float32)
+    run([a, b], [out])
+    assert np.isnan(out).all()

@@ -1,7 +1,8 @@
-"""The fused epilogue of a matrix product, row by row. Arrays in, arrays out; nothing of ONNX.
+"""Matrix products' own kernels: the fused epilogue of a BLAS product, and the batch-1 product.
+Arrays in, arrays out; nothing of ONNX.
 
-The product itself is BLAS (numpy's dot/matmul into the preallocated output); this kernel then applies,
-in place, for each of `rows` rows of `n` columns (column c = output feature c):
+A product with several rows is BLAS (numpy's dot/matmul into the preallocated output); `row_epilogue`
+then applies, in place, for each of `rows` rows of `n` columns (column c = output feature c):
 
     y[r, c] = post_scale[c] * act(y[r, c] + bias[c] + residual[r, c], alpha[c], beta) + post_shift[c]
 
@@ -9,13 +10,60 @@ A row is processed in a few short passes while it sits in L1, each pass a branch
 columns that LLVM vectorizes (bias/residual add, ReLU/LeakyReLU/PReLU/Clip, scale/shift); other
 activations go through `activations.apply` element by element. (A generic per-element epilogue that
 branches on the activation code inside the loop ran 5-20x slower on an (M, N) output.)
+
+A product of one row with constant weights (a batch-1 Linear layer) is `vector_matrix`: product and
+epilogue in one call.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 from ..activations import CLIP, LEAKY_RELU, NONE, PRELU, RELU, apply
+
+
+# columns accumulated at once by vector_matrix: their partial sums (8 KB) stay in L1 while the weight
+# rows stream past
+COLUMN_BLOCK = 2048
+
+
+@njit(cache=True, inline="always")
+def _epilogue_span(y, base, c0, c1, bias, has_bias, residual, has_residual, code, alpha, beta, has_post,
+                   post_scale, post_shift):
+    """The epilogue on y[base + c] for columns c in [c0, c1) (residual indexed as y)."""
+    zero = np.float32(0.0)
+    lo = alpha[0] if alpha.size > 0 else zero  # Clip: alpha holds the lower bound, beta the upper
+    hi = np.float32(beta)
+    b = uint64(base)
+    if has_bias and has_residual:
+        for c in range(uint64(c0), uint64(c1)):
+            y[b + c] = (y[b + c] + bias[c]) + residual[b + c]
+    elif has_bias:
+        for c in range(uint64(c0), uint64(c1)):
+            y[b + c] = y[b + c] + bias[c]
+    elif has_residual:
+        for c in range(uint64(c0), uint64(c1)):
+            y[b + c] = y[b + c] + residual[b + c]
+    if code == NONE:
+        pass
+    elif code == RELU:
+        for c in range(uint64(c0), uint64(c1)):
+            v = y[b + c]
+            y[b + c] = zero if v < zero else v
+    elif code == LEAKY_RELU or code == PRELU:
+        for c in range(uint64(c0), uint64(c1)):
+            v = y[b + c]
+            y[b + c] = v * alpha[c] if v < zero else v
+    elif code == CLIP:
+        for c in range(uint64(c0), uint64(c1)):
+            v = y[b + c]
+            y[b + c] = lo if v < lo else (hi if v > hi else v)
+    else:
+        for c in range(uint64(c0), uint64(c1)):
+            y[b + c] = apply(code, y[b + c], alpha[c], beta)
+    if has_post:
+        for c in range(uint64(c0), uint64(c1)):
+            y[b + c] = y[b + c] * post_scale[c] + post_shift[c]
 
 
 @njit(cache=True, nogil=True)
@@ -23,37 +71,40 @@ def row_epilogue(y, rows, n, bias, has_bias, residual, has_residual, code, alpha
                  post_scale, post_shift):
     """y, residual: flat float32 of rows*n (residual ignored unless has_residual); bias, alpha,
     post_scale, post_shift: float32 of n. Comparisons keep NaN propagating as in activations.apply."""
-    zero = np.float32(0.0)
-    lo = alpha[0] if n > 0 else zero  # Clip: alpha holds the lower bound, beta the upper
-    hi = np.float32(beta)
     for r in range(rows):
-        base = r * n
-        if has_bias and has_residual:
-            for c in range(n):
-                y[base + c] = (y[base + c] + bias[c]) + residual[base + c]
-        elif has_bias:
-            for c in range(n):
-                y[base + c] = y[base + c] + bias[c]
-        elif has_residual:
-            for c in range(n):
-                y[base + c] = y[base + c] + residual[base + c]
-        if code == NONE:
-            pass
-        elif code == RELU:
-            for c in range(n):
-                v = y[base + c]
-                y[base + c] = zero if v < zero else v
-        elif code == LEAKY_RELU or code == PRELU:
-            for c in range(n):
-                v = y[base + c]
-                y[base + c] = v * alpha[c] if v < zero else v
-        elif code == CLIP:
-            for c in range(n):
-                v = y[base + c]
-                y[base + c] = lo if v < lo else (hi if v > hi else v)
-        else:
-            for c in range(n):
-                y[base + c] = apply(code, y[base + c], alpha[c], beta)
-        if has_post:
-            for c in range(n):
-                y[base + c] = y[base + c] * post_scale[c] + post_shift[c]
+        _epilogue_span(y, r * n, 0, n, bias, has_bias, residual, has_residual, code, alpha, beta, has_post,
+                       post_scale, post_shift)
+
+
+@njit(cache=True, nogil=True)
+def vector_matrix(x, w, y, k, n, c0, c1, bias, has_bias, residual, has_residual, code, alpha, beta,
+                  has_post, post_scale, post_shift):
+    """y[c] = epilogue(sum_j x[j] * w[j * n + c]) for the columns c in [c0, c1): a batch-1 layer.
+
+    x: float32 of k; w: the (k, n) weights, flat; y, residual: float32 of n. The weights stream through
+    once, row by row, four rows per pass over a block of columns whose partial sums stay in L1: the
+    layer runs at the memory's speed, which is all a matrix-vector product can (a BLAS call, and the
+    epilogue as a second call, cost more than the product on small layers). Four rows are summed
+    pairwise before they meet the partial sum, a shorter chain of float32 roundings than row by row."""
+    n64 = uint64(n)
+    for b0 in range(c0, c1, COLUMN_BLOCK):
+        lo, hi = uint64(b0), uint64(min(c1, b0 + COLUMN_BLOCK))
+        for c in range(lo, hi):
+            y[c] = np.float32(0.0)
+        j = 0
+        while j + 4 <= k:
+            x0, x1, x2, x3 = x[j], x[j + 1], x[j + 2], x[j + 3]
+            r0 = uint64(j) * n64
+            r1 = r0 + n64  # uint64 throughout: a signed index keeps Numba's wraparound (gathers)
+            r2 = r1 + n64
+            r3 = r2 + n64
+            for c in range(lo, hi):
+                y[c] += (x0 * w[r0 + c] + x1 * w[r1 + c]) + (x2 * w[r2 + c] + x3 * w[r3 + c])
+            j += 4
+        while j < k:
+            xj, r0 = x[j], uint64(j) * n64
+            for c in range(lo, hi):
+                y[c] += xj * w[r0 + c]
+            j += 1
+    _epilogue_span(y, 0, c0, c1, bias, has_bias, residual, has_residual, code, alpha, beta, has_post,
+                   post_scale, post_shift)

@@ -104,7 +104,7 @@ def _rw(a) -> np.ndarray:
 
 def _make_epilogue(node, ins, out_shape: tuple, channels: int, bias: np.ndarray | None,
                    full: np.ndarray | None, runtime_bias: int | None, pre_adds: list):
-    """The in-place finish after the product, or None when there is nothing to do.
+    """What follows the product (an _Epilogue), or None when there is nothing to do.
 
     bias: constant per-column vector (length `channels`) or None; full: a constant (M, N)-shaped term or
     None; runtime_bias: input position of a run-time per-column vector (contiguous, length channels);
@@ -160,25 +160,44 @@ def _make_epilogue(node, ins, out_shape: tuple, channels: int, bias: np.ndarray 
     code = ep.act.code
     if not (has_bias or has_res or has_post or code != 0) and not pre_adds:
         return None
-    bias_c = _rw(bias) if bias is not None else np.zeros(channels, np.float32)
-    if res_const is not None:
-        res_const = _rw(res_const)
-    alpha, beta = _rw(ep.act.alpha), float(ep.act.beta)
-    post_scale, post_shift = _rw(ep.post_scale), _rw(ep.post_shift)
-    kernel = has_bias or has_res or has_post or code != 0
-    rb = runtime_bias
+    return _Epilogue(pre_adds, channels, rows, size, _rw(bias) if bias is not None else None, runtime_bias,
+                     res_pos, _rw(res_const) if res_const is not None else None, code, _rw(ep.act.alpha),
+                     float(ep.act.beta), has_post, _rw(ep.post_scale), _rw(ep.post_shift))
 
-    def finish(i, y):
-        for f in pre_adds:
+
+class _Epilogue:
+    """What follows the product: `pre_adds` (run-time or broadcasting terms, applied first, by numpy),
+    then the kernel's per-column epilogue, whose arguments `args` gives for one run."""
+
+    def __init__(self, pre_adds, channels, rows, size, bias, runtime_bias, res_pos, res_const, code, alpha,
+                 beta, has_post, post_scale, post_shift):
+        self.pre_adds, self.channels, self.rows, self.size = pre_adds, channels, rows, size
+        self.runtime_bias, self.res_pos = runtime_bias, res_pos
+        has_bias = bias is not None or runtime_bias is not None
+        has_res = res_pos is not None or res_const is not None
+        self.kernel = has_bias or has_res or has_post or code != 0
+        self._bias = bias if bias is not None else np.zeros(channels, np.float32)
+        self._res_const = res_const
+        self._static = (has_bias, has_res, code, alpha, beta, has_post, post_scale, post_shift)
+        # both vectors constant (or absent): the whole argument list but y is fixed
+        self.constant = runtime_bias is None and res_pos is None
+
+    def args(self, i) -> tuple:
+        """The kernel's epilogue arguments from bias on, for inputs `i` (None when self.constant)."""
+        has_bias, has_res, code, alpha, beta, has_post, ps, pt = self._static
+        b = i[self.runtime_bias].reshape(-1) if self.runtime_bias is not None else self._bias
+        r = (i[self.res_pos].reshape(-1) if self.res_pos is not None
+             else self._res_const if self._res_const is not None
+             else self._bias)  # no residual: any float32 array fills the slot, the kernel reads none
+        return b, has_bias, r, has_res, code, alpha, beta, has_post, ps, pt
+
+    def finish(self, i, y) -> None:
+        """In place on the product y: the pre-adds, then the kernel's epilogue."""
+        for f in self.pre_adds:
             f(i, y)
-        if not kernel or size == 0:
+        if not self.kernel or self.size == 0:
             return
-        flat = y.reshape(-1)
-        b = i[rb].reshape(-1) if rb is not None else bias_c
-        r = i[res_pos].reshape(-1) if res_pos is not None else res_const if res_const is not None else flat
-        K.row_epilogue(flat, rows, channels, b, has_bias, r, has_res, code, alpha, beta, has_post,
-                       post_scale, post_shift)
-    return finish
+        K.row_epilogue(y.reshape(-1), self.rows, self.channels, *self.args(i))
 
 
 def _float_path(node, ins) -> bool:
@@ -205,6 +224,38 @@ def _dot(x: np.ndarray, w: np.ndarray, y: np.ndarray, macs: int) -> None:
             threads.split(lambda a, b: np.dot(x[a:b], w, out=y[a:b]), y.shape[0], macs)
         else:
             threads.split(lambda a, b: np.dot(x, w[:, a:b], out=y[:, a:b]), y.shape[1], macs, 16)
+
+
+def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
+    """The run of a one-row product x (K) @ w (K, N) with constant weights: product and epilogue in one
+    kernel call (by column ranges over the run's threads when large enough)."""
+    k, n = (int(d) for d in w.shape)
+    w = np.ascontiguousarray(w).reshape(-1)
+    if ep is None:
+        zeros = np.zeros(n, np.float32)
+        ep_args = (zeros, False, zeros, False, 0, zeros, 0.0, False, zeros, zeros)
+    fixed = ep is None or ep.constant
+
+    if n == 0:
+        return lambda i, o: None
+    if macs < threads.MIN_PART_MACS * 2:  # never split: one straight call (the common small layer)
+        if fixed:
+            if ep is not None:
+                ep_args = ep.args(None)
+
+            def run(i, o):
+                K.vector_matrix(i[0].reshape(-1), w, o[0].reshape(-1), k, n, 0, n, *ep_args)
+        else:
+            def run(i, o):
+                y = o[0].reshape(-1)
+                K.vector_matrix(i[0].reshape(-1), w, y, k, n, 0, n, *ep.args(i))
+        return run
+
+    def run(i, o):
+        x, y = i[0].reshape(-1), o[0].reshape(-1)
+        args = ep_args if ep is None else ep.args(i)
+        threads.split(lambda c0, c1: K.vector_matrix(x, w, y, k, n, c0, c1, *args), n, macs, 16)
+    return run
 
 
 # -- Gemm -------------------------------------------------------------------------------------------
@@ -261,9 +312,11 @@ def _gemm(node, ins, outs):
                 pre_adds.append(lambda i, y: np.add(y, i[2].reshape(cm, cn), out=y))
             else:
                 pre_adds.append(lambda i, y: np.add(y, i[2].reshape(cm, cn) * bt, out=y))
-    finish = _make_epilogue(node, ins, (m, n), n, bias, full, runtime_bias, pre_adds)
+    ep = _make_epilogue(node, ins, (m, n), n, bias, full, runtime_bias, pre_adds)
     alpha32 = np.float32(alpha)
     macs = m * n * kk
+    if m == 1 and b_c is not None and a_c is None and scaled and (ep is None or not ep.pre_adds):
+        return _vector_matrix(b_c, ep, macs)
 
     def run(i, o):
         x = a_c if a_c is not None else (i[0].T if ta else i[0])
@@ -272,8 +325,8 @@ def _gemm(node, ins, outs):
         _dot(x, w, y, macs)
         if not scaled:
             np.multiply(y, alpha32, out=y)
-        if finish is not None:
-            finish(i, y)
+        if ep is not None:
+            ep.finish(i, y)
     return run
 
 
@@ -290,8 +343,10 @@ def _matmul(node, ins, outs):
     b_c = _const_f32(b) if b.data is not None else None
     a_c = _const_f32(a) if a.data is not None else None
     channels = n if len(b.shape) >= 2 else 1
-    finish = _make_epilogue(node, ins, out_shape, channels, None, None, None, [])
+    ep = _make_epilogue(node, ins, out_shape, channels, None, None, None, [])
     macs = int(np.prod(out_shape, dtype=np.int64)) * k
+    if len(b.shape) == 2 and b_c is not None and a_c is None and macs == n * k and (ep is None or not ep.pre_adds):
+        return _vector_matrix(b_c, ep, macs)  # one row: (K,), (1, K), (1, 1, K), ... @ (K, N)
 
     if len(b.shape) == 2 and len(a.shape) >= 2:
         # (..., M, K) @ (K, N): one GEMM over all leading rows.
@@ -308,6 +363,6 @@ def _matmul(node, ins, outs):
 
     def run(i, o):
         product(i, o[0])
-        if finish is not None:
-            finish(i, o[0])
+        if ep is not None:
+            ep.finish(i, o[0])
     return run
