@@ -9,7 +9,6 @@ kept for reuse); nothing is allocated per inference but the returned outputs.
 """
 from __future__ import annotations
 
-import queue
 import time
 from dataclasses import dataclass
 
@@ -52,7 +51,13 @@ class Plan:
         self.outputs = [("const", graph.values[o].data) if graph.values[o].is_const else ("buf", slot(o))
                         for o in graph.outputs]
         self.block_of, self.block_sizes = self._assign_blocks()
-        self._arenas: queue.SimpleQueue = queue.SimpleQueue()
+        # where each graph input is read: (step, position) pairs, pointed at the caller's array itself
+        # when it can stand in for the arena's copy (see run)
+        self._readers = {name: [(k, p) for k, st in enumerate(self.steps) for p, r in enumerate(st.inputs)
+                                if r == ("buf", slot_)] for name, slot_ in self.input_slots.items()}
+        out_slots = {ref[1] for ref in self.outputs if ref[0] == "buf"}
+        self._copied = {name for name, slot_ in self.input_slots.items() if slot_ in out_slots}
+        self._arenas: list[_Arena] = []  # made on demand, one per concurrent run
 
     def _assign_blocks(self) -> tuple[list[int], list[int]]:
         """Slot -> block, and each block's size in floats: greedy over the steps, reusing the smallest
@@ -113,33 +118,61 @@ class Plan:
         """What one buffer per value would take (for comparison)."""
         return 4 * sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
 
-    def _bind(self) -> tuple[list[np.ndarray], list]:
+    def _bind(self) -> "_Arena":
         blocks = [np.empty(n, np.float32) for n in self.block_sizes]
         bufs = [blocks[b][:int(np.prod(s, dtype=np.int64))].reshape(s) for b, s in zip(self.block_of, self.shapes)]
         calls = []
         for st in self.steps:
             ins = [None if r is None else r[1] if r[0] == "const" else bufs[r[1]] for r in st.inputs]
             calls.append((st.run, ins, [None if o is None else bufs[o] for o in st.outputs], st.node))
-        return bufs, calls
+        inputs = [(name, bufs[slot_], [(calls[k][1], p) for k, p in self._readers[name]], name in self._copied)
+                  for name, slot_ in self.input_slots.items()]
+        outputs = [ref[1] if ref[0] == "const" else bufs[ref[1]] for ref in self.outputs]
+        return _Arena(bufs, calls, inputs, outputs)
 
     def run(self, feeds: dict[str, np.ndarray], profiler=None) -> list[np.ndarray]:
-        """Run on `feeds`; with a bninfer.profiling.Profiler, time every kernel call."""
+        """Run on `feeds` (an array for every graph input, of the planned shapes); with a
+        bninfer.profiling.Profiler, time every kernel call."""
         try:
-            bufs, calls = self._arenas.get_nowait()
-        except queue.Empty:
-            bufs, calls = self._bind()
+            arena = self._arenas.pop()  # list.pop and .append are atomic: concurrent runs take their own
+        except IndexError:
+            arena = self._bind()
         try:
-            for name, array in feeds.items():
-                np.copyto(bufs[self.input_slots[name]], array)
+            for name, buf, readers, copied in arena.inputs:
+                # The caller's array is read in place when it has the layout the kernels were built for
+                # (Numba types a read-only or unaligned array apart); else it is copied into the arena.
+                # Kernels never write their inputs. A graph input that is also an output stays a copy.
+                array = feeds[name]
+                flags = array.flags
+                if array.dtype is buf.dtype and flags.c_contiguous and flags.writeable and flags.aligned \
+                        and not copied:
+                    for ins, pos in readers:
+                        ins[pos] = array
+                else:
+                    np.copyto(buf, array)
             if profiler is None:
-                for run, ins, outs, _ in calls:
+                for run, ins, outs, _ in arena.calls:
                     run(ins, outs)
             else:
                 clock = time.perf_counter_ns
-                for run, ins, outs, node in calls:
+                for run, ins, outs, node in arena.calls:
                     t0 = clock()
                     run(ins, outs)
                     profiler.record(node, t0, clock())
-            return [ref[1].copy() if ref[0] == "const" else bufs[ref[1]].copy() for ref in self.outputs]
+            return [a.copy() for a in arena.outputs]
         finally:
-            self._arenas.put((bufs, calls))
+            for _, buf, readers, _ in arena.inputs:  # hold no reference to the caller's arrays between runs
+                for ins, pos in readers:
+                    ins[pos] = buf
+            self._arenas.append(arena)
+
+
+@dataclass
+class _Arena:
+    """One run's buffers: every value's array (views into the liveness-shared blocks), the calls bound
+    to them, per graph input (name, arena array, where steps read it, whether it must be copied), and
+    what the outputs are copied from."""
+    bufs: list
+    calls: list
+    inputs: list
+    outputs: list

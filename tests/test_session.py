@@ -91,6 +91,73 @@ def test_bad_feeds_are_named(feed, error, words):
         assert w in str(info.value)
 
 
+@pytest.mark.parametrize("feed,error,words", [
+    ({"x": randn(1, 3, 4), "w": randn(1)}, ValueError, ["'w'", "unknown"]),
+    ({"y": randn(1, 3, 4)}, ValueError, ["'y'", "unknown"]),
+    ({"x": randn(1, 3, 5)}, ValueError, ["'x'", "dimension 2 must be 4"]),
+    ({"x": randn(1, 3, 4).astype(np.float64)}, TypeError, ["'x'", "float64", "float32"]),
+    ({"x": randn(1, 3, 4).tolist()}, TypeError, ["'x'", "numpy array"]),
+])
+def test_bad_feeds_after_good_runs_are_still_checked(feed, error, words):
+    """Runs with feeds like an earlier checked run skip the checks: any other feed is still checked."""
+    sess = bninfer.InferenceSession(_model().SerializeToString())
+    for _ in range(2):
+        sess.run(None, {"x": randn(1, 3, 4)})
+    with pytest.raises(error) as info:
+        sess.run(None, feed)
+    for w in words:
+        assert w in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["plain", "read-only", "fortran", "strided", "unaligned", "subclass"])
+def test_feeds_read_in_place_or_copied(kind):
+    """A C-contiguous, writeable, aligned float32 feed is read in place, anything else is copied: either
+    way the results are right, the feed is left untouched, and no reference to it is kept."""
+    import gc
+    import weakref
+
+    class Sub(np.ndarray):
+        pass
+    sess = bninfer.InferenceSession(_model().SerializeToString())
+    base = randn(2, 3, 4)
+    if kind == "read-only":
+        x = base.copy()
+        x.flags.writeable = False
+    elif kind == "fortran":
+        x = np.asfortranarray(base)
+    elif kind == "strided":
+        x = np.repeat(base, 2, axis=2)[:, :, ::2]
+    elif kind == "unaligned":
+        raw = np.zeros(base.nbytes + 1, np.uint8)
+        x = raw[1:].view(np.float32).reshape(base.shape)
+        x[...] = base
+        assert not x.flags.aligned
+    elif kind == "subclass":
+        x = base.copy().view(Sub)
+    else:
+        x = base.copy()
+    keep = np.array(x)
+    for _ in range(2):
+        y, z = sess.run(None, {"x": x})
+        np.testing.assert_allclose(y, np.maximum(base, 0) + sess._graph.values["b"].data, rtol=1e-6)
+        np.testing.assert_allclose(z, 1 / (1 + np.exp(-np.maximum(base, 0))), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(x), keep)
+    ref = weakref.ref(x)
+    del x
+    gc.collect()
+    assert ref() is None
+
+
+def test_an_input_that_is_an_output_is_returned_as_a_copy():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": [2, 3]}, ["y", "x"])
+    sess = bninfer.InferenceSession(model.SerializeToString())
+    x = randn(2, 3)
+    y, x_out = sess.run(None, {"x": x})
+    assert x_out is not x and not np.shares_memory(x_out, x)
+    np.testing.assert_array_equal(x_out, x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
 def test_every_unsupported_node_is_listed_once():
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="ok"),
              helper.make_node("TopK", ["a", "k"], ["v", "i"], name="topk_node"),

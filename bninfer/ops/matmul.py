@@ -235,25 +235,26 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
         zeros = np.zeros(n, np.float32)
         ep_args = (zeros, False, zeros, False, 0, zeros, 0.0, False, zeros, zeros)
     fixed = ep is None or ep.constant
+    if fixed and ep is not None:
+        ep_args = ep.args(None)
+
+    def two_d(a):  # the kernel's one specialization takes x and y 2-D, as Gemm's are
+        return a if a.ndim == 2 else a.reshape(1, -1)
 
     if n == 0:
         return lambda i, o: None
     if macs < threads.MIN_PART_MACS * 2:  # never split: one straight call (the common small layer)
         if fixed:
-            if ep is not None:
-                ep_args = ep.args(None)
-
             def run(i, o):
-                K.vector_matrix(i[0].reshape(-1), w, o[0].reshape(-1), k, n, 0, n, *ep_args)
+                K.vector_matrix(two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep_args)
         else:
             def run(i, o):
-                y = o[0].reshape(-1)
-                K.vector_matrix(i[0].reshape(-1), w, y, k, n, 0, n, *ep.args(i))
+                K.vector_matrix(two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep.args(i))
         return run
 
     def run(i, o):
-        x, y = i[0].reshape(-1), o[0].reshape(-1)
-        args = ep_args if ep is None else ep.args(i)
+        x, y = two_d(i[0]), two_d(o[0])
+        args = ep_args if fixed else ep.args(i)
         threads.split(lambda c0, c1: K.vector_matrix(x, w, y, k, n, c0, c1, *args), n, macs, 16)
     return run
 
