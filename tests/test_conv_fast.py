@@ -24,6 +24,8 @@ DENSE = [
     ((1, 16, 29), (32, 16, 3), dict(pads=[1, 1])),                          # 1-D
     ((1, 1, 12, 12), (5, 1, 3, 3), dict()),
     ((1, 4, 20, 70), (9, 4, 5, 3), dict(strides=[1, 3], dilations=[2, 1], pads=[4, 1, 3, 2])),  # row tile
+    ((1, 2, 6, 47), (6, 2, 3, 3), dict(pads=[1, 1, 1, 1])),  # row tile of 32, the last one moved back
+    ((1, 1, 28, 28), (32, 1, 3, 3), dict()),  # MNIST's first layer: rows of 26 in tiles of 16
 ]
 
 
@@ -61,6 +63,7 @@ FUSED_SHAPES = [
     ((1, 20, 9, 30), (20, 1, 3, 3), dict(group=20, pads=[1, 1, 1, 1])),      # depthwise rows
     ((1, 20, 9, 10), (20, 1, 3, 3), dict(group=20, strides=[2, 2], pads=[1, 1, 1, 1])),  # depthwise blocked
     ((1, 3, 19, 37), (10, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),  # few input channels: row tile
+    ((1, 2, 7, 12), (10, 2, 3, 3), dict(pads=[1, 1, 1, 1])),  # row tile wider than the row
     ((1, 20, 9, 61), (20, 1, 3, 3), dict(group=20, strides=[2, 2], pads=[1, 1, 1, 1])),  # depthwise rows s2
     ((1, 20, 10, 64), (20, 1, 3, 3), dict(group=20, strides=[2, 2], pads=[1, 1, 1, 1])),  # s2, whole pairs
     ((1, 20, 3, 40), (20, 1, 3, 3), dict(group=20, pads=[1, 1, 1, 1])),      # depthwise rows, one-row tile

@@ -143,6 +143,8 @@ def test_same_padding_follows_spec(op, shape, kernel, strides, dilations, auto_p
     ((1, 3, 8, 9), dict(kernel_shape=[2, 2])),
     ((1, 2, 10, 9), dict(kernel_shape=[2, 3], strides=[1, 2], dilations=[2, 1])),
     ((2, 2, 13), dict(kernel_shape=[3], strides=[2], pads=[1, 1], ceil_mode=1)),
+    ((1, 3, 9, 11), dict(kernel_shape=[2, 2], strides=[2, 2])),  # windows tiling the input
+    ((1, 2, 10, 9), dict(kernel_shape=[3, 2], strides=[3, 2])),
     ((1, 2, 5, 6, 7), dict(kernel_shape=[2, 2, 3], strides=[2, 1, 2])),
 ])
 def test_maxpool_nan_propagates(shape, attrs):
@@ -167,6 +169,22 @@ def test_maxpool_nan_propagates(shape, attrs):
     ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
     clean = ~np.isnan(expected)
     np.testing.assert_array_equal(ours[clean], ref[clean])
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 20, 24, 25), dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ((2, 3, 9, 8), dict(kernel_shape=[3, 2], strides=[3, 2])),
+    ((1, 4, 10), dict(kernel_shape=[2], strides=[2])),
+])
+def test_maxpool_tiling_windows_take_the_tiled_kernel(shape, attrs, monkeypatch):
+    """Windows that tile the input (stride = kernel, no padding) run max_pool_tiled; trailing rows and
+    columns no window covers are left out."""
+    from bninfer.ops import pool
+    monkeypatch.setattr(pool.K, "pool", None)  # the generic kernel would raise
+    x = randn(*shape)
+    k = len(attrs["kernel_shape"])
+    expected = numpy_pool(x, "MaxPool", attrs["kernel_shape"], attrs["strides"], [1] * k, [0] * k, [0] * k)
+    np.testing.assert_array_equal(run_bn(pool_model("MaxPool", shape, **attrs), {"x": x})[0], expected)
 
 
 def test_maxpool_nan_anywhere_in_window():

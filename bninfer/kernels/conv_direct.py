@@ -330,9 +330,15 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
         P = OH * OW
         hi = np.float32(beta)  # Clip's upper bound
         acc = stack_f32(NACC)
+        part = np.empty(PXT, np.float32)  # a row narrower than the tile is stored through this
         for ob in range(nob):
             for oh in range(OH):
                 for ow0 in range(0, OW, PXT):
+                    # The last tile of a row moves back to end at the row's end (recomputing a few
+                    # pixels): every index into acc stays constant, so it lives in registers (a scalar
+                    # remainder with a run-time count kept it in memory).
+                    ow0 = max(0, min(ow0, OW - PXT))
+                    npx = OW - ow0
                     for i in range(NACC):
                         acc[i] = 0.0
                     for ci in range(CIN):
@@ -347,7 +353,10 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
                                     wv = w[wo + np.uint64(c)]
                                     for j in range(PXT):
                                         acc[c * PXT + j] += wv * xp[xo + np.uint64(j)]
-                    npx = OW - ow0
+                    # The epilogue, one straight pass per step over a channel's PXT pixels (branches
+                    # per tile, not per pixel: LLVM unrolls these loops fully and vectorizes the
+                    # straight-line code; a branch per pixel kept it scalar, 3/4 of the layer's time).
+                    whole = npx >= PXT
                     for c in range(COT):
                         co = ob * COT + c
                         if co < COUT:
@@ -355,16 +364,28 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
                             s, t = ps[co], pt[co]
                             ob_ = np.uint64(co * P + oh * OW + ow0)
                             for j in range(PXT):
-                                if j >= npx:
-                                    break
-                                v = acc[c * PXT + j] + b
-                                if has_res:
-                                    v += res[ob_ + np.uint64(j)]
-                                if INLINE:
-                                    v = activate(ACT, v, a, hi, beta)
-                                    if has_post:
-                                        v = v * s + t
-                                out[ob_ + np.uint64(j)] = v
+                                acc[c * PXT + j] += b
+                            if has_res and whole:
+                                for j in range(PXT):
+                                    acc[c * PXT + j] += res[ob_ + np.uint64(j)]
+                            elif has_res:
+                                for j in range(PXT):
+                                    if j < npx:
+                                        acc[c * PXT + j] += res[ob_ + np.uint64(j)]
+                            if INLINE:
+                                for j in range(PXT):
+                                    acc[c * PXT + j] = activate(ACT, acc[c * PXT + j], a, hi, beta)
+                                if has_post:
+                                    for j in range(PXT):
+                                        acc[c * PXT + j] = acc[c * PXT + j] * s + t
+                            if whole:
+                                for j in range(PXT):
+                                    out[ob_ + np.uint64(j)] = acc[c * PXT + j]
+                            else:
+                                for j in range(PXT):
+                                    part[j] = acc[c * PXT + j]
+                                for j in range(npx):
+                                    out[ob_ + np.uint64(j)] = part[j]
             if not INLINE:
                 activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, has_post, ps,
                                 pt)

@@ -364,7 +364,7 @@ def _plane(g: Geometry) -> tuple[int, ...]:
 
 
 _ROWVEC_MAX_CIN = 4  # dense convs with at most this many input channels: row-vectorized kernel
-_ROWVEC_TILE = (8, 32)  # its tile: output channels x pixels
+_ROWVEC_TILE = (8, 32)  # its tile: output channels x pixels (16 pixels for rows narrower than 32)
 
 
 def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
@@ -372,6 +372,8 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     cin, cout = g.in_channels, g.out_channels
     H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
     cot, pxt = _ROWVEC_TILE
+    if OW < pxt:  # the last tile of a row moves back over its neighbour: a narrow row takes a narrow tile
+        pxt = 16
     kern = CD.rowvec_kernel(KH, KW, SH, SW, DH, DW, cot, pxt, ep.code)
     CD.compile_now(kern, CD.ROWVEC_SIG)
     w = CD.pack_weights_px(np.asarray(wdata, np.float32).reshape(cout, cin, KH, KW), cot)
