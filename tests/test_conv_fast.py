@@ -103,6 +103,29 @@ def test_fused(shape, activation):
     np.testing.assert_allclose(ours, expect, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation", [ACTS[2], GENERIC], ids=str)
+@pytest.mark.parametrize("post", [False, True])
+def test_blocked_depthwise_without_residual(activation, post):
+    """The blocked depthwise kernel's vector epilogue (whole blocks of 16 channels, no residual) beside
+    its element-wise one (the last, partial block): 40 channels, stride 1 and 2."""
+    from tests.test_conv import _channel, _np_act
+    for x_shape, attrs in [((1, 40, 9, 10), dict(group=40, pads=[1, 1, 1, 1])),
+                           ((1, 40, 14, 13), dict(group=40, strides=[2, 2], pads=[1, 1, 1, 1]))]:
+        x, w, b = randn(*x_shape, seed=3) * 2, randn(40, 1, 3, 3, seed=4), randn(40, seed=5)
+        plain = _ort_plain("Conv", x, w, b, attrs)
+        ps, pt = randn(40, seed=8), randn(40, seed=9)
+        if activation[0] == "HardSwish":
+            expect = plain * np.clip(plain / 6 + 0.5, 0, 1)
+        else:
+            expect = _np_act(activation, plain)
+        extras = {}
+        if post:
+            expect = expect * _channel(ps, 4) + _channel(pt, 4)
+            extras = {"post_scale": ps, "post_shift": pt}
+        ours = _run_fused("Conv", x, w, b, attrs, activation=activation, extras=extras)
+        np.testing.assert_allclose(ours, expect, rtol=1e-4, atol=1e-5)
+
+
 def test_nan_in_remainder_does_not_leak():
     """The last tile of a row reads past the row (slack): NaN there must not reach valid outputs."""
     model, feeds = _model("Conv", (1, 16, 5, 11), (32, 16, 3, 3), True, dict(pads=[1, 1, 1, 1]))

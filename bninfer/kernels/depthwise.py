@@ -119,7 +119,7 @@ def pick_rw(ow: int) -> int:
     return min((16, 8), key=lambda r: (-(-ow // r) * -(-r // 16), -(-ow // r) * r))
 
 
-def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=True, RH=4):
+def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4):
     """kern(x, xp, w, out, C, H, W, Hp, Wq, PH, PW, OH, OW, bias, res, has_res, alpha, beta, has_post, ps,
     pt, has_pre, qs, qt, qcode, qa, qbeta): out (C, OH, OW) flat = ps * act(dwconv + bias + res) + pt for x
     (C, H, W) flat and w (C, KH, KW) flat. Each channel is packed (pack_channel, prologue
@@ -132,16 +132,13 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
     plan never gives a step's output the block of one of its inputs, so the residual is intact): every
     accumulator index is then a constant and the tile lives in registers (a scalar remainder path made
     LLVM keep it in memory, a store and reload around every FMA: 4x slower)."""
-    key = (KH, KW, SH, SW, RW, ACT, DH, DW, phases, RH)
+    key = (KH, KW, SH, SW, RW, ACT, DH, DW, RH)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
     INLINE = ACT in INLINE_CODES
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
     pack_channel.compile(PACK_CHANNEL_SIG)  # likewise: compiled outside the kernels' vectorizer settings
-    PHASES = phases  # input split into stride phases (contiguous reads) or plain rows read with stride SW
-    JS = 1 if phases else SW
-    PSW = SW if phases else 1  # phase rows per padded row in the scratch
     NACC = RH * RW
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
@@ -153,7 +150,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
         for c in range(C):
             # np.int64(): plain int64 arguments, so the call links pack_channel's precompiled (loop-vectorized)
             # code; literal constants would make Numba compile a specialisation under this kernel's settings
-            pack_channel(x, c * H * W, xp, np.int64(0), H, W, np.int64(PSW), Wq, PH, PW, has_pre, qs[c], qt[c],
+            pack_channel(x, c * H * W, xp, np.int64(0), H, W, np.int64(SW), Wq, PH, PW, has_pre, qs[c], qt[c],
                          qcode, qa[c], qbeta)
             b, a = bias[c], alpha[c]
             s, t = ps[c], pt[c]
@@ -168,14 +165,11 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, phases=Tru
                             wv = w[(c * KH + kh) * KW + kw]
                             col = kw * DW
                             for r in range(RH):
-                                if PHASES:
-                                    xo = (((ohb + r) * SH + kh * DH) * SW + col % SW) * Wq + col // SW + ow0
-                                else:
-                                    xo = ((ohb + r) * SH + kh * DH) * Wq + ow0 * SW + col
+                                xo = (((ohb + r) * SH + kh * DH) * SW + col % SW) * Wq + col // SW + ow0
                                 # unsigned indices: no negative-index wraparound, so the loads vectorize
                                 uo = np.uint64(xo)
                                 for j in range(RW):
-                                    acc[r * RW + j] += xp[uo + np.uint64(j * JS)] * wv
+                                    acc[r * RW + j] += xp[uo + np.uint64(j)] * wv
                     # straight-line vector code: bias, residual, activation and affine each a loop of
                     # their own, has_post tested outside them
                     for r in range(RH):
@@ -257,21 +251,42 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
                             for px in range(RW):
                                 for c in range(CB):
                                     acc[px * CB + c] += xp[xo + np.uint64(px * PXS + c)] * w[wo + np.uint64(c)]
-                    for c in range(CB):
-                        co = cb * CB + c
-                        if co < C:
-                            b, a = bias[co], alpha[co]
-                            s, t = ps[co], pt[co]
-                            uo = np.uint64(co * P + oh * OW + ow0)
-                            for px in range(RW):
-                                v = acc[px * CB + c] + b
-                                if has_res:
-                                    v += res[uo + np.uint64(px)]
-                                if INLINE:
-                                    v = activate(ACT, v, a, hi, beta)
-                                    if has_post:
-                                        v = v * s + t
-                                out[uo + np.uint64(px)] = v
+                    c0 = cb * CB
+                    if c0 + CB <= C and not has_res:
+                        # a whole block and no residual (MobileNet's and EfficientNet's depthwise layers):
+                        # the epilogue as vectors across the 16 channels, then 16 stores per pixel into
+                        # the channels' planes (element by element it was most of the layer's time)
+                        u0 = np.uint64(c0)
+                        for px in range(RW):
+                            for c in range(CB):
+                                acc[px * CB + c] += bias[u0 + np.uint64(c)]
+                            if INLINE:
+                                for c in range(CB):
+                                    acc[px * CB + c] = activate(ACT, acc[px * CB + c], alpha[u0 + np.uint64(c)],
+                                                                hi, beta)
+                                if has_post:
+                                    for c in range(CB):
+                                        acc[px * CB + c] = (acc[px * CB + c] * ps[u0 + np.uint64(c)]
+                                                            + pt[u0 + np.uint64(c)])
+                            uo = np.uint64(c0 * P + oh * OW + ow0 + px)
+                            for c in range(CB):
+                                out[uo + np.uint64(c * P)] = acc[px * CB + c]
+                    else:
+                        for c in range(CB):
+                            co = c0 + c
+                            if co < C:
+                                b, a = bias[co], alpha[co]
+                                s, t = ps[co], pt[co]
+                                uo = np.uint64(co * P + oh * OW + ow0)
+                                for px in range(RW):
+                                    v = acc[px * CB + c] + b
+                                    if has_res:
+                                        v += res[uo + np.uint64(px)]
+                                    if INLINE:
+                                        v = activate(ACT, v, a, hi, beta)
+                                        if has_post:
+                                            v = v * s + t
+                                    out[uo + np.uint64(px)] = v
             if not INLINE:
                 activate_planes(ACT, out, cb * CB, min(cb * CB + CB, C), P, alpha, hi, beta, has_post, ps,
                                 pt)

@@ -520,7 +520,7 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         return _depthwise_blocked(g, ep, pro, bias, wdata, macs)
     # long rows: vectors along the row, a strided input split into stride phases while it is packed
     rw = DWK.pick_rw(OW)
-    kern = DWK.depthwise_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW, phases=True, RH=4 if OH >= 4 else 1)
+    kern = DWK.depthwise_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW, RH=4 if OH >= 4 else 1)
     CD.compile_now(kern, DWK.DW_SIG)
     w = np.array(wdata, np.float32).reshape(-1)
     Wq = DWK.dw_layout(W, PW, EW, SW, KW, DW, rw, OW)
