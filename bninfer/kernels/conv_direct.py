@@ -36,7 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
-from ..activations import INLINE_CODES, activate, activate_planes, compile_span, prologue_span
+from ..activations import INLINE_CODES, activate_inline, activate_planes, compile_span, prologue_span
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
 _lock = threading.RLock()
@@ -187,7 +187,7 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
                                 if has_res:
                                     v += res[ob_ + px]
                                 if INLINE:
-                                    v = activate(ACT, v, a, hi, beta)
+                                    v = activate_inline(ACT, v, a, hi, beta)
                                     if has_post:
                                         v = v * s + t
                                 out[ob_ + px] = v
@@ -259,7 +259,7 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, cache=True):
                     if PRE >= 0:
                         sc, sh, pa = psc[ci], psh[ci], pal[ci]
                         for j in range(PXT):
-                            xv[j] = activate(PRE, x[xo + np.uint64(j)] * sc + sh, pa, phi, pbeta)
+                            xv[j] = activate_inline(PRE, x[xo + np.uint64(j)] * sc + sh, pa, phi, pbeta)
                     else:
                         for j in range(PXT):
                             xv[j] = x[xo + np.uint64(j)]
@@ -281,7 +281,7 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, cache=True):
                         for j in range(PXT):
                             v = acc[c * PXT + j]
                             if INLINE:
-                                v = activate(ACT, v, a, hi, beta)
+                                v = activate_inline(ACT, v, a, hi, beta)
                                 if has_post:
                                     v = v * s + t_
                             out[ob_ + np.uint64(j)] = v
@@ -374,7 +374,7 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
                                         acc[c * PXT + j] += res[ob_ + np.uint64(j)]
                             if INLINE:
                                 for j in range(PXT):
-                                    acc[c * PXT + j] = activate(ACT, acc[c * PXT + j], a, hi, beta)
+                                    acc[c * PXT + j] = activate_inline(ACT, acc[c * PXT + j], a, hi, beta)
                                 if has_post:
                                     for j in range(PXT):
                                         acc[c * PXT + j] = acc[c * PXT + j] * s + t

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 from numba import njit, types
 
-from ..activations import INLINE_CODES, activate, activate_planes, compile_span, prologue_span
+from ..activations import INLINE_CODES, activate_inline, activate_planes, compile_span, prologue_span
 from .conv_direct import _FASTMATH, stack_f32
 
 _KERNELS: dict = {}
@@ -181,7 +181,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4):
                                 acc[r * RW + j] += res[uo + np.uint64(j)]
                         if INLINE:
                             for j in range(RW):
-                                acc[r * RW + j] = activate(ACT, acc[r * RW + j], a, hi, beta)
+                                acc[r * RW + j] = activate_inline(ACT, acc[r * RW + j], a, hi, beta)
                             if has_post:
                                 for j in range(RW):
                                     acc[r * RW + j] = acc[r * RW + j] * s + t
@@ -262,7 +262,7 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
                                 acc[px * CB + c] += bias[u0 + np.uint64(c)]
                             if INLINE:
                                 for c in range(CB):
-                                    acc[px * CB + c] = activate(ACT, acc[px * CB + c], alpha[u0 + np.uint64(c)],
+                                    acc[px * CB + c] = activate_inline(ACT, acc[px * CB + c], alpha[u0 + np.uint64(c)],
                                                                 hi, beta)
                                 if has_post:
                                     for c in range(CB):
@@ -283,7 +283,7 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
                                     if has_res:
                                         v += res[uo + np.uint64(px)]
                                     if INLINE:
-                                        v = activate(ACT, v, a, hi, beta)
+                                        v = activate_inline(ACT, v, a, hi, beta)
                                         if has_post:
                                             v = v * s + t
                                     out[uo + np.uint64(px)] = v
