@@ -404,6 +404,14 @@ def test_one_row_matmul_shapes(a_shape):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("a_shape", [(1, 0), (3, 0)], ids=str)
+def test_empty_inner_dimension(a_shape):
+    """K = 0: every output is the epilogue of 0, one row or several."""
+    out, ref = _fused("MatMul", None, 0, 4, ("Relu", {}), False, True, a_shape=a_shape)
+    assert out.shape == a_shape[:-1] + (4,)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_one_row_takes_the_vector_kernel(monkeypatch):
     """A batch-1 layer with constant weights runs as one vector_matrix call, nothing else; two rows or
     run-time weights do not."""

@@ -346,8 +346,9 @@ def _matmul(node, ins, outs):
     channels = n if len(b.shape) >= 2 else 1
     ep = _make_epilogue(node, ins, out_shape, channels, None, None, None, [])
     macs = int(np.prod(out_shape, dtype=np.int64)) * k
-    if len(b.shape) == 2 and b_c is not None and a_c is None and macs == n * k and (ep is None or not ep.pre_adds):
-        return _vector_matrix(b_c, ep, macs)  # one row: (K,), (1, K), (1, 1, K), ... @ (K, N)
+    one_row = int(np.prod(out_shape, dtype=np.int64)) == n  # (K,), (1, K), (1, 1, K), ... @ (K, N)
+    if len(b.shape) == 2 and b_c is not None and a_c is None and one_row and (ep is None or not ep.pre_adds):
+        return _vector_matrix(b_c, ep, macs)
 
     if len(b.shape) == 2 and len(a.shape) >= 2:
         # (..., M, K) @ (K, N): one GEMM over all leading rows.
