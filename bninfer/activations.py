@@ -209,14 +209,9 @@ def _tanh32(x):
 
 
 @njit(inline="always", cache=True)
-def activate(code, x, alpha, hi, beta):
-    """The activation `code` (a compile-time constant in the kernels that call this) of a float32 x, in
-    float32. The common activations are branch-free, so a loop or register tile that calls this
-    vectorizes; the rest go through apply(). `alpha` is float32 (the channel's slope or Clip's lower
-    bound), `hi` Clip's upper bound as float32, `beta` the float64 second parameter."""
-    x, alpha, hi, zero = _F(x), _F(alpha), _F(hi), _F(0.0)
-    if code == NONE:
-        return x
+def _select_forms(code, x, alpha, hi):
+    """The INLINE_CODES activations of float32 x (code one of them): a select or a multiply each."""
+    zero = _F(0.0)
     if code == RELU:
         return _sel(x < zero, zero, x)
     if code == LEAKY_RELU or code == PRELU:
@@ -224,6 +219,18 @@ def activate(code, x, alpha, hi, beta):
     if code == CLIP:
         x = _sel(x < alpha, alpha, x)
         return _sel(x > hi, hi, x)
+    return x  # NONE
+
+
+@njit(inline="always", cache=True)
+def activate(code, x, alpha, hi, beta):
+    """The activation `code` (a compile-time constant in the kernels that call this) of a float32 x, in
+    float32. The common activations are branch-free, so a loop or register tile that calls this
+    vectorizes; the rest go through apply(). `alpha` is float32 (the channel's slope or Clip's lower
+    bound), `hi` Clip's upper bound as float32, `beta` the float64 second parameter."""
+    x, alpha, hi, zero = _F(x), _F(alpha), _F(hi), _F(0.0)
+    if code == NONE or code == RELU or code == LEAKY_RELU or code == PRELU or code == CLIP:
+        return _select_forms(code, x, alpha, hi)
     if code == SIGMOID:
         return _sigmoid32(x)
     if code == SWISH:
@@ -259,16 +266,9 @@ def activate_inline(code, x, alpha, hi, beta):
     """activate() for the register tiles' stores, which run only INLINE_CODES in place: those written
     out here, any other code through a call. Inlining all of activate() at every store site (Numba
     types every branch before LLVM drops the dead ones) was most of a kernel's compile time."""
-    x, alpha, hi, zero = _F(x), _F(alpha), _F(hi), _F(0.0)
-    if code == NONE:
-        return x
-    if code == RELU:
-        return _sel(x < zero, zero, x)
-    if code == LEAKY_RELU or code == PRELU:
-        return _sel(x < zero, x * alpha, x)
-    if code == CLIP:
-        x = _sel(x < alpha, alpha, x)
-        return _sel(x > hi, hi, x)
+    x, alpha, hi = _F(x), _F(alpha), _F(hi)
+    if code == NONE or code == RELU or code == LEAKY_RELU or code == PRELU or code == CLIP:
+        return _select_forms(code, x, alpha, hi)
     return _F(_activate_call(np.int64(code), x, alpha, hi, np.float64(beta)))
 
 
