@@ -24,7 +24,7 @@ DENSE = [
     ((1, 16, 29), (32, 16, 3), dict(pads=[1, 1])),                          # 1-D
     ((1, 1, 12, 12), (5, 1, 3, 3), dict()),
     ((1, 4, 20, 70), (9, 4, 5, 3), dict(strides=[1, 3], dilations=[2, 1], pads=[4, 1, 3, 2])),  # row tile
-    ((1, 2, 6, 47), (6, 2, 3, 3), dict(pads=[1, 1, 1, 1])),  # row tile of 32, the last one moved back
+    ((1, 2, 6, 47), (6, 2, 3, 3), dict(pads=[1, 1, 1, 1])),  # row tiles, the last one moved back
     ((1, 1, 28, 28), (32, 1, 3, 3), dict()),  # MNIST's first layer: rows of 26 in tiles of 16
 ]
 

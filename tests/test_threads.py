@@ -86,7 +86,7 @@ SPLIT_CASES = {
     "pointwise": ((1, 24, 14, 14), (40, 24, 1, 1), dict()),
     "direct 3x3 s2": ((1, 24, 13, 11), (70, 24, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     "direct 1x1 7x7": ((1, 64, 7, 7), (72, 64, 1, 1), dict()),
-    "rowvec stem": ((1, 3, 30, 40), (20, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "rowvec stem": ((1, 3, 30, 40), (40, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     "winograd": ((1, 32, 40, 19), (40, 32, 3, 3), dict(pads=[1, 1, 1, 1])),  # 4 chunks of tile rows
     "depthwise rows": ((1, 37, 30, 30), (37, 1, 3, 3), dict(group=37, pads=[1, 1, 1, 1])),
     "depthwise blocked": ((1, 40, 9, 9), (40, 1, 3, 3), dict(group=40, strides=[2, 2], pads=[1, 1, 1, 1])),
