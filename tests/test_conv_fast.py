@@ -7,6 +7,7 @@ from onnx import helper
 
 from bninfer import activations
 from bninfer.kernels import conv_direct as CD
+from bninfer.ops import conv as conv_ops
 from bninfer.kernels import depthwise as DWK
 from tests.test_conv import _model, _ort_plain, _run_fused
 from tests.util import assert_matches_ort, randn
@@ -163,12 +164,14 @@ def test_pointwise(x_shape, w_shape, attrs):
     assert_matches_ort(model, feeds)
 
 
-@pytest.mark.parametrize("P", [32, 33, 63, 100])
-def test_pointwise_kernel_last_tile_overlaps(P):
-    """Every P >= the pixel tile: the last tile is moved back to end at P; its outputs (with residual
-    and a per-channel affine) equal a float64 reference, and nothing past P is written."""
+@pytest.mark.parametrize("P,tile", [(P, t) for t in conv_ops._PW_TILES for P in (16, 17, 32, 33, 63, 100)
+                                    if P >= t[1]], ids=str)
+def test_pointwise_kernel_last_tile_overlaps(P, tile):
+    """Every P >= the pixel tile, for every tile a layer may choose: the last tile is moved back to end
+    at P; its outputs (with residual and a per-channel affine) equal a float64 reference, and nothing
+    past P is written."""
     cin, cout = 7, 15
-    cot, pxt = 12, 32
+    cot, pxt = tile
     x, w = randn(cin, P, seed=P), randn(cout, cin, seed=P + 1)
     b, res, ps, pt = randn(cout, seed=2), randn(cout, P, seed=3), randn(cout, seed=4), randn(cout, seed=5)
     kern = CD.pointwise_kernel(cot, pxt, activations.RELU)  # applied inline in the tile store
@@ -245,7 +248,8 @@ def test_pointwise_with_prologue_routed(x_shape, w_shape, attrs, pre, monkeypatc
     ours = _run_fused("Conv", x, w, b, attrs, activation=("Relu", {}), pre_activation=pre,
                       extras={"pre_scale": scale, "pre_shift": shift})
     np.testing.assert_allclose(ours, expect, rtol=1e-4, atol=1e-5)
-    assert made == ([(12, 32, activations.RELU, activations.RELU)] if pre[0] == "Relu" else [])
+    assert [a[2:] for a in made] == ([(activations.RELU, activations.RELU)] if pre[0] == "Relu" else [])
+    assert all(a[:2] in conv_ops._PW_TILES for a in made)
 
 
 @pytest.mark.parametrize("activation", ACTS[:3], ids=str)
