@@ -277,6 +277,13 @@ def blas(macs: int):
     return cur.blas_limit
 
 
+def current_size() -> int:
+    """The thread count of the current run (1 outside a run): for kernels that choose their chunking per
+    run, so that a layer too small for several chunks of its preferred size still gives every thread one."""
+    cur = _local.__dict__.get("current")
+    return 1 if cur is None else cur.size
+
+
 def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1) -> None:
     """call(a, b) over [0, n) in contiguous ranges (bounds multiples of `grain`, but n), one per thread of
     the current run, when the work (`macs` multiply-adds in all) gives each at least MIN_PART_MACS (and

@@ -88,6 +88,7 @@ SPLIT_CASES = {
     "direct 1x1 7x7": ((1, 64, 7, 7), (72, 64, 1, 1), dict()),
     "rowvec stem": ((1, 3, 30, 40), (40, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     "winograd": ((1, 32, 40, 19), (40, 32, 3, 3), dict(pads=[1, 1, 1, 1])),  # 4 chunks of tile rows
+    "winograd one chunk": ((1, 32, 14, 14), (40, 32, 3, 3), dict(pads=[1, 1, 1, 1])),  # a chunk per thread
     "depthwise rows": ((1, 37, 30, 30), (37, 1, 3, 3), dict(group=37, pads=[1, 1, 1, 1])),
     "depthwise blocked": ((1, 40, 9, 9), (40, 1, 3, 3), dict(group=40, strides=[2, 2], pads=[1, 1, 1, 1])),
 }
@@ -198,6 +199,27 @@ def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
     assert parts and max(parts) == 3
     np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-4)  # BLAS may sum a part in another order
     np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_classifier_row_splits_at_the_default_thresholds(monkeypatch):
+    """A batch-1 2048x1000 classifier (2 M multiply-adds) streams 8 MB of weights, 0.5 ms on one core:
+    its work is weighed as memory-bound, so it splits over two threads where a conv of as many
+    multiply-adds would not (the workers kept awake, as between a net's layers)."""
+    from onnx import helper
+
+    from bninfer import threads
+    from tests.util import make_model
+    model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], {"x": [1, 2048]}, ["y"],
+                       {"w": randn(1000, 2048, seed=1), "b": randn(1000, seed=2)})
+    x = randn(1, 2048, seed=3)
+    serial = _session(model, 1).run(None, {"x": x})[0]
+    parts = []
+    real_map = threads.Workers.map
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
+    out = _session(model, 2).run(None, {"x": x})[0]
+    assert parts == [2]
+    np.testing.assert_array_equal(out, serial)  # column ranges: the same sums, only on other threads
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")

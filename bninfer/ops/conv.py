@@ -658,10 +658,16 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             r = res[n * ys:(n + 1) * ys] if has_res else res
             yn = yf[n * ys:(n + 1) * ys]
 
+            # Chunks of tile rows, each streaming all of U: one chunk when the plane is small (14x14), but
+            # on several threads then one chunk per thread (U streams once per thread, in parallel).
+            nth = threads.current_size()
+            rows = -(-TH // nth) if chunks < nth <= TH else ch
+            nchunks = -(-TH // rows)
+
             def part(k0, k1):  # chunks of tile rows [k0, k1)
                 kern(xp, U, yn, cinb, Hp, Wp, cout, nob, OH, OW, b, r, has_res, alpha, beta, has_post, ps, pt,
-                     ch, k0 * ch, k1 * ch)
-            threads.split(part, chunks, macs)
+                     rows, k0 * rows, k1 * rows)
+            threads.split(part, nchunks, macs)
     return run
 
 
