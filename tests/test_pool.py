@@ -187,6 +187,28 @@ def test_maxpool_tiling_windows_take_the_tiled_kernel(shape, attrs, monkeypatch)
     np.testing.assert_array_equal(run_bn(pool_model("MaxPool", shape, **attrs), {"x": x})[0], expected)
 
 
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 5, 16, 16), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),   # ResNet's pool
+    ((2, 3, 13, 17), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),   # odd sizes, batch 2
+    ((1, 4, 13, 11), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),         # last window partial
+    ((1, 3, 9, 40), dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])),    # Inception's 3x3/1
+    ((1, 2, 12, 37), dict(kernel_shape=[5, 3], strides=[3, 2], pads=[2, 2, 1, 2])),   # pw = 2, tall windows
+    ((1, 2, 7, 35), dict(kernel_shape=[1, 3], strides=[1, 2], pads=[0, 0, 0, 1])),
+    ((2, 3, 30), dict(kernel_shape=[3], strides=[2], pads=[1, 1])),                   # 1-D
+])
+def test_maxpool_three_wide_windows_take_the_k3_kernel(shape, attrs, monkeypatch):
+    """Windows 3 wide at stride 1 or 2 run max_pool_k3 (the generic kernel is never called), with -inf as
+    padding, exactly as onnxruntime; also with -inf and +inf in the input."""
+    from bninfer.ops import pool
+    from tests.util import run_ort
+    monkeypatch.setattr(pool.K, "pool", None)  # the generic kernel would raise
+    x = randn(*shape)
+    x.reshape(-1)[::11] = -np.inf
+    x.reshape(-1)[5::13] = np.inf
+    model = pool_model("MaxPool", shape, **attrs)
+    np.testing.assert_array_equal(run_bn(model, {"x": x})[0], run_ort(model, {"x": x})[0])
+
+
 def test_maxpool_nan_anywhere_in_window():
     """NaN first, last or in the middle of a window, among larger and smaller values."""
     x = np.array([[[np.nan, 1, 5, np.nan, -3, 2, 7, np.nan, 0]]], np.float32)

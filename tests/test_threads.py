@@ -201,6 +201,29 @@ def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
     np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),  # max_pool_k3
+    ("AveragePool", dict(kernel_shape=[2, 3], strides=[1, 2], pads=[1, 0, 0, 1])),  # the generic kernel
+])
+def test_pooling_splits_over_planes(op, attrs, monkeypatch):
+    from onnx import helper
+
+    from bninfer import threads
+    from tests.util import make_model, run_ort
+    model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": [2, 5, 11, 13]}, ["y"], {})
+    x = randn(2, 5, 11, 13, seed=4)
+    serial = _session(model, 1).run(None, {"x": x})[0]
+    parts = []
+    real_map = threads.Workers.map
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
+    out = _session(model, 3).run(None, {"x": x})[0]
+    assert parts == [3]
+    np.testing.assert_array_equal(out, serial)
+    np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-6, atol=1e-6)
+
+
 def test_a_classifier_row_splits_at_the_default_thresholds(monkeypatch):
     """A batch-1 2048x1000 classifier (2 M multiply-adds) streams 8 MB of weights, 0.5 ms on one core:
     its work is weighed as memory-bound, so it splits over two threads where a conv of as many
