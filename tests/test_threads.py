@@ -97,19 +97,26 @@ SPLIT_CASES = {
 @pytest.mark.parametrize("case", sorted(SPLIT_CASES))
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_kernel_split_over_threads_gives_the_serial_result(case, n_threads, monkeypatch):
-    from bninfer import threads
     from tests.util import run_ort
     model, feeds = _conv_block(*SPLIT_CASES[case])
     serial = _session(model, 1).run(None, feeds)[0]
-    parts = []
-    real_map = threads.Workers.map
-    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)  # split even these small layers
-    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
-    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
-    out = _session(model, n_threads).run(None, feeds)[0]
+    out, parts = _split_run(model, feeds, n_threads, monkeypatch)
     assert parts and max(parts) == n_threads  # the conv really was split
     np.testing.assert_array_equal(out, serial)  # same sums in the same order, only on other threads
     np.testing.assert_allclose(out, run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def _split_run(model, feeds, n_threads, monkeypatch, force=True):
+    """One run on n_threads with Workers.map recorded: (output, the part count of every split). force:
+    thresholds at 1, so even small ops split; else only the workers are taken as awake."""
+    from bninfer import threads
+    parts = []
+    real_map = threads.Workers.map
+    if force:
+        monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
+    return _session(model, n_threads).run(None, feeds)[0], parts
 
 
 def _session(model, n):
@@ -181,7 +188,6 @@ def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
     """Batch-1 GEMMs split by output columns, several rows by rows; same result as one thread."""
     from onnx import helper
 
-    from bninfer import threads
     from tests.util import make_model, run_ort
     w, bias = randn(700, 410, seed=1), randn(410, seed=2)  # above the GEMM size the BLAS would thread
     x = randn(*x_shape, seed=3)
@@ -190,12 +196,7 @@ def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
         nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"])]
     model = make_model(nodes, {"x": list(x_shape)}, ["y"], {"w": w, "b": bias})
     serial = _session(model, 1).run(None, {"x": x})[0]
-    parts = []
-    real_map = threads.Workers.map
-    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
-    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
-    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
-    out = _session(model, 3).run(None, {"x": x})[0]
+    out, parts = _split_run(model, {"x": x}, 3, monkeypatch)
     assert parts and max(parts) == 3
     np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-4)  # BLAS may sum a part in another order
     np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
@@ -208,17 +209,11 @@ def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
 def test_pooling_splits_over_planes(op, attrs, monkeypatch):
     from onnx import helper
 
-    from bninfer import threads
     from tests.util import make_model, run_ort
     model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": [2, 5, 11, 13]}, ["y"], {})
     x = randn(2, 5, 11, 13, seed=4)
     serial = _session(model, 1).run(None, {"x": x})[0]
-    parts = []
-    real_map = threads.Workers.map
-    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
-    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
-    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
-    out = _session(model, 3).run(None, {"x": x})[0]
+    out, parts = _split_run(model, {"x": x}, 3, monkeypatch)
     assert parts == [3]
     np.testing.assert_array_equal(out, serial)
     np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-6, atol=1e-6)
@@ -230,17 +225,12 @@ def test_a_classifier_row_splits_at_the_default_thresholds(monkeypatch):
     multiply-adds would not (the workers kept awake, as between a net's layers)."""
     from onnx import helper
 
-    from bninfer import threads
     from tests.util import make_model
     model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], {"x": [1, 2048]}, ["y"],
                        {"w": randn(1000, 2048, seed=1), "b": randn(1000, seed=2)})
     x = randn(1, 2048, seed=3)
     serial = _session(model, 1).run(None, {"x": x})[0]
-    parts = []
-    real_map = threads.Workers.map
-    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
-    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
-    out = _session(model, 2).run(None, {"x": x})[0]
+    out, parts = _split_run(model, {"x": x}, 2, monkeypatch, force=False)
     assert parts == [2]
     np.testing.assert_array_equal(out, serial)  # column ranges: the same sums, only on other threads
 
