@@ -464,7 +464,9 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     return run
 
 
-_PW_TILE = (12, 32)  # pointwise kernel tile: output channels x pixels (None: direct kernel / BLAS)
+# The pointwise kernel's default tile, output channels x pixels: its pixel count decides which 1x1 layers
+# the kernel takes at all (at least 4 tiles of pixels, or whole tiles); None: direct kernel / BLAS
+_PW_TILE = (12, 32)
 # The tiles a pointwise layer chooses from, by the least work padded to whole tiles (ties: the first).
 # They ran at the same speed on whole tiles; what differs is the waste: 16 channels x 16 pixels pads
 # 64/256/512 channels and 196 or 784 pixels less (ResNet-50's layers, MobileNet's at 14x14 and 28x28: 5-25 %
