@@ -363,6 +363,13 @@ def _plane(g: Geometry) -> tuple[int, ...]:
             + _two_d(g.pads_begin, 0) + _two_d(g.pads_end, 0) + _two_d(g.out_spatial, 1))
 
 
+def _run_arrays(i, o, bias, ep: _Epilogue):
+    """What every fast Conv path's run starts from: the flat input and output, the bias (constant or the
+    run's) and the residual (an empty array and False without one)."""
+    res, has_res = ep.residual_array(i)
+    return _flat(i[0]), o[0].reshape(-1), _runtime_bias(i, bias), res, has_res
+
+
 _ROWVEC_MAX_CIN = 4  # dense convs with at most this many input channels: row-vectorized kernel
 # its tile: output channels x pixels. 16x16 measured best on the stems (ResNet's 7x7/2 3->64 at 224: 3.1 ->
 # 2.4 ms, MobileNet's 3x3/2 3->32: 540 -> 350 us against 8x32; 112-pixel rows take 7 whole tiles instead of
@@ -391,11 +398,7 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     macs = cout * P * cin * KH * KW
 
     def run(i, o):
-        y = o[0]
-        b = _runtime_bias(i, bias)
-        x = _flat(i[0])
-        yf = y.reshape(-1)
-        res, has_res = ep.residual_array(i)
+        x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
         for n in range(N):
             if n:
@@ -442,11 +445,7 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     macs = cout * P * cin * KH * KW
 
     def run(i, o):
-        y = o[0]
-        b = _runtime_bias(i, bias)
-        x = _flat(i[0])
-        yf = y.reshape(-1)
-        res, has_res = ep.residual_array(i)
+        x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
         for n in range(N):
             if n:
@@ -544,11 +543,7 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     scratch = _PaddedInput(Hp * SW * Wq)  # one channel, per thread
 
     def run(i, o):
-        y = o[0]
-        b = _runtime_bias(i, bias)
-        x = _flat(i[0])
-        yf = y.reshape(-1)
-        res, has_res = ep.residual_array(i)
+        x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         for n in range(N):
             xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
@@ -581,11 +576,7 @@ def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, 
     kk = KH * KW
 
     def run(i, o):
-        y = o[0]
-        b = _runtime_bias(i, bias)
-        x = _flat(i[0])
-        yf = y.reshape(-1)
-        res, has_res = ep.residual_array(i)
+        x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
         for n in range(N):
             xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
@@ -646,11 +637,7 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     macs = cout * OH * OW * cin * 4  # Winograd does 4/9 of the direct multiply-adds; counted as 4 per output
 
     def run(i, o):
-        y = o[0]
-        b = _runtime_bias(i, bias)
-        x = _flat(i[0])
-        yf = y.reshape(-1)
-        res, has_res = ep.residual_array(i)
+        x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
         for n in range(N):
             if n:
