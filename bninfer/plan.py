@@ -16,6 +16,7 @@ import numpy as np
 
 from . import ops
 from .ir import Graph, Node
+from .passes import layout
 
 
 @dataclass
@@ -27,8 +28,12 @@ class Step:
 
 
 class Plan:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, blocked: bool = True):
+        """The plan of `graph` (static shapes); with `blocked`, depthwise-separable chains run on
+        channel-blocked values (bninfer.passes.layout, on a copy: self.graph stays as given)."""
         self.graph = graph
+        if blocked:
+            graph = layout.run(graph)
         slots: dict[str, int] = {}
         self.shapes: list[tuple[int, ...]] = []
 

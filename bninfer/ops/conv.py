@@ -664,6 +664,9 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 
 @register("Conv", infer=_conv_infer)
 def _conv(node, ins, outs):
+    if node.attrs.get("_blocked"):  # a chain member of bninfer.passes.layout
+        from . import conv_blocked
+        return conv_blocked.build(node, ins, outs)
     g = conv_geometry(node, ins)
     base = fusion.base_inputs(node)
     out_shape = (g.batch, g.out_channels) + g.out_spatial

@@ -1,0 +1,298 @@
+"""Kernels on the channel-blocked activation layout: a tensor of C channels and P = H * W pixels is
+stored as
+    x[NB][H][W][16]      (NB = ceil(C / 16); channel c at block c // 16, lane c % 16)
+so one pixel's 16 channels of a block are one vector. Lanes past C hold finite values (the kernels
+write act(0) there: zero weights and zero bias) and are never read into a real channel's sum.
+
+In this layout a 1x1 convolution loads each weight vector once for a tile of pixels and broadcasts the
+inputs; a depthwise convolution's every tap is an aligned vector load and an FMA; and both store whole
+vectors. In NCHW the depthwise kernels read unaligned row vectors (every 64-byte load split across two
+cache lines) and the blocked one scattered each pixel's 16 channels into 16 planes; converting to the
+blocked layout and back at every depthwise layer cost more than the layer itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+
+from ..activations import INLINE_CODES, activate_inline
+from .conv_direct import _FASTMATH, stack_f32
+
+CB = 16
+_KERNELS: dict = {}
+
+
+def blocks(c: int) -> int:
+    return -(-c // CB)
+
+
+def padded_vector(v: np.ndarray, c: int) -> np.ndarray:
+    """A per-channel vector of c values -> NB * 16 float32, zeros past c."""
+    out = np.zeros(blocks(c) * CB, np.float32)
+    out[:c] = np.asarray(v, np.float32).reshape(-1)[:c]
+    return out
+
+
+# -- layout conversions -----------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def to_blocked(x, out, C, P):
+    """x (C, P) flat NCHW -> out (NB, P, 16) flat; lanes past C are zero."""
+    nb = (C + CB - 1) // CB
+    u16 = np.uint64(CB)
+    for b in range(nb):
+        c0 = b * CB
+        n = min(CB, C - c0)
+        ob = np.uint64(b * P * CB)
+        if n == CB:
+            for p in range(P):
+                up = np.uint64(p)
+                for c in range(CB):
+                    out[ob + up * u16 + np.uint64(c)] = x[np.uint64((c0 + c) * P) + up]
+        else:
+            for p in range(P):
+                up = np.uint64(p)
+                for c in range(CB):
+                    out[ob + up * u16 + np.uint64(c)] = x[np.uint64((c0 + c) * P) + up] if c < n else 0.0
+
+
+@njit(cache=True, nogil=True)
+def from_blocked(x, out, C, P):
+    """x (NB, P, 16) flat -> out (C, P) flat NCHW."""
+    nb = (C + CB - 1) // CB
+    u16 = np.uint64(CB)
+    for b in range(nb):
+        c0 = b * CB
+        n = min(CB, C - c0)
+        xb = np.uint64(b * P * CB)
+        for c in range(n):
+            oc = np.uint64((c0 + c) * P)
+            for p in range(P):
+                up = np.uint64(p)
+                out[oc + up] = x[xb + up * u16 + np.uint64(c)]
+
+
+# -- 1x1 convolution --------------------------------------------------------------------------------
+
+def pack_weights_pw(w: np.ndarray, nb: int) -> np.ndarray:
+    """(COUT, CIN) -> flat (NOB / nb, CIN, nb * 16): each group of nb output blocks, input channel by
+    input channel, its nb * 16 output channels contiguous (zero past COUT)."""
+    cout, cin = w.shape
+    nob = blocks(cout)
+    full = np.zeros((nob * CB, cin), np.float32)
+    full[:cout] = w
+    return np.ascontiguousarray(full.reshape(nob // nb, nb * CB, cin).transpose(0, 2, 1)).reshape(-1)
+
+
+def pick_pw_tile(nob: int, P: int) -> tuple[int, int]:
+    """(NB, RP): output blocks x pixels of the register tile, 20 or so accumulators. NB divides the
+    layer's blocks (every tile whole in channels); RP wastes the least of the last pixel tile. Two
+    blocks x 10 pixels and one x 14 ran at 90-110 GFLOP/s on MobileNet's 1x1 layers; three or four
+    blocks fell to 7-25 (the SLP vectorizer gave up on the tile)."""
+    nb = 2 if nob % 2 == 0 else 1
+    choices = (10, 8) if nb == 2 else (14, 12)
+    rp = min(choices, key=lambda r: (max(P, -(-P // r) * r), -r))
+    return nb, min(rp, P)
+
+
+def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
+    """kern(x, w, out, CIN, NOB, P, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
+    pixel p of output block b at out[b * yplane + yoff[p]:][:16] (out_offsets: unpadded, or inside the
+    zero border a depthwise consumer needs); out (NOB, P, 16) =
+    ps * act(W . x + bias + res) + pt for x (ceil(CIN / 16), P, 16) (XB) or NCHW (CIN, P) (not XB: the
+    inputs are broadcast either way, so a chain's first 1x1 reads NCHW at no cost) and w from
+    pack_weights_pw(w, NB);
+    per-channel vectors padded to NOB * 16 (padded_vector), res blocked like out. A tile of NB * 16
+    output channels (weight vectors) x RP pixels (inputs broadcast); P >= RP, the last tile of pixels
+    moved back to end at P (recomputing a few pixels with the same sums: out never shares memory with
+    x or res). ACT in INLINE_CODES."""
+    key = ("pw", NB, RP, ACT, XB)
+    k = _KERNELS.get(key) if cache else None
+    if k is not None:
+        return k
+    if ACT not in INLINE_CODES:
+        raise ValueError(f"activation code {ACT} is not one the blocked kernels inline")
+    COB = NB * CB
+    NACC = COB * RP
+
+    @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    def kern(x, w, out, CIN, NOB, P, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
+        hi = np.float32(beta)
+        acc = stack_f32(NACC)
+        ntiles = (P + RP - 1) // RP
+        xstep = np.uint64(CB if XB else 1)
+        for og in range(NOB // NB):
+            wb = og * CIN * COB
+            for t in range(ntiles):
+                p0 = min(t * RP, P - RP)
+                for i in range(NACC):
+                    acc[i] = 0.0
+                for ci in range(CIN):
+                    if XB:
+                        xo = np.uint64(((ci // CB) * P + p0) * CB + ci % CB)
+                    else:
+                        xo = np.uint64(ci * P + p0)
+                    wo = np.uint64(wb + ci * COB)
+                    for j in range(RP):
+                        xv = x[xo + np.uint64(j) * xstep]
+                        for c in range(COB):
+                            acc[j * COB + c] += xv * w[wo + np.uint64(c)]
+                for b in range(NB):
+                    ob = og * NB + b
+                    vo = np.uint64(ob * CB)
+                    for j in range(RP):
+                        uo = np.uint64(ob * yplane + yoff[p0 + j])
+                        for c in range(CB):
+                            acc[j * COB + b * CB + c] += bias[vo + np.uint64(c)]
+                        if has_res:
+                            ur = np.uint64((ob * P + p0 + j) * CB)
+                            for c in range(CB):
+                                acc[j * COB + b * CB + c] += res[ur + np.uint64(c)]
+                        for c in range(CB):
+                            acc[j * COB + b * CB + c] = activate_inline(ACT, acc[j * COB + b * CB + c],
+                                                                        alpha[vo + np.uint64(c)], hi, beta)
+                        if has_post:
+                            for c in range(CB):
+                                acc[j * COB + b * CB + c] = (acc[j * COB + b * CB + c] * ps[vo + np.uint64(c)]
+                                                             + pt[vo + np.uint64(c)])
+                        for c in range(CB):
+                            out[uo + np.uint64(c)] = acc[j * COB + b * CB + c]
+    if cache:
+        _KERNELS[key] = kern
+    return kern
+
+
+_A = types.float32[::1]
+_I = types.int64
+PW_SIG = (_A, _A, _A, _I, _I, _I, types.int64[::1], _I, _A, _A, types.boolean, _A, types.float64, types.boolean,
+          _A, _A)
+
+
+def out_offsets(H: int, W: int, pads: tuple[int, int, int, int]) -> tuple[np.ndarray, int]:
+    """(offset of each of the H * W pixels inside one block, the block's size) for an output stored with
+    zero border pads (top, left, bottom, right)."""
+    ph, pw, eh, ew = pads
+    wp = W + pw + ew
+    h, w = np.divmod(np.arange(H * W, dtype=np.int64), W)
+    return ((h + ph) * wp + w + pw) * CB, (H + ph + eh) * wp * CB
+
+
+@njit(cache=True, nogil=True)
+def zero_border(y, NB, Hp, Wp, PH, PW, EH, EW):
+    """Zero the border of y (NB, Hp, Wp, 16) flat: rows [0, PH) and [Hp - EH, Hp), and in the rows
+    between, columns [0, PW) and [Wp - EW, Wp). The arena hands a value's block to others between runs,
+    so the producer of a padded value clears its border every run."""
+    row = Wp * CB
+    for b in range(NB):
+        base = b * Hp * row
+        for i in range(base, base + PH * row):
+            y[np.uint64(i)] = 0.0
+        for i in range(base + (Hp - EH) * row, base + Hp * row):
+            y[np.uint64(i)] = 0.0
+        for h in range(PH, Hp - EH):
+            r = base + h * row
+            for q in range(PW):  # one pixel's 16 lanes a vector store (a run-time span stayed scalar)
+                u = np.uint64(r + q * CB)
+                for c in range(CB):
+                    y[u + np.uint64(c)] = 0.0
+            for q in range(Wp - EW, Wp):
+                u = np.uint64(r + q * CB)
+                for c in range(CB):
+                    y[u + np.uint64(c)] = 0.0
+
+
+# -- depthwise convolution ----------------------------------------------------------------------------
+
+def pack_weights_dw(w: np.ndarray) -> np.ndarray:
+    """(C, 1, KH, KW) -> flat (NB, KH, KW, 16), zero channels past C."""
+    c, _, kh, kw = w.shape
+    nb = blocks(c)
+    full = np.zeros((nb * CB, kh, kw), np.float32)
+    full[:c] = w.reshape(c, kh, kw)
+    return np.ascontiguousarray(full.reshape(nb, CB, kh, kw).transpose(0, 2, 3, 1)).reshape(-1)
+
+
+def pick_dw_rw(ow: int) -> int:
+    """Pixels per tile: at most the row, the least work on the row's overlapping last tile."""
+    return min(ow, min((8, 7, 6), key=lambda r: (-(-ow // r) * r, -r)))
+
+
+def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
+    """kern(x, xp, w, out, NB, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW, bias, res, has_res, alpha,
+    beta, has_post, ps, pt): a depthwise convolution, blocked in and out, weights from pack_weights_dw.
+    PADDED: x is (NB, Hp, Wp, 16) with the zero border the pads need (its producer wrote it so); else x
+    is (NB, H, W, 16) and each block is first copied into xp (Hp, Wp, 16), a scratch whose border the
+    caller keeps zero. out is (NB, OHp, OWp, 16) with the output at rows QH.., columns QW.. (a border for
+    the next depthwise conv; the residual, if any, is unpadded (NB, OH, OW, 16)). A tile of RW pixels x
+    16 channels (OW >= RW; the last tile of a row moved back to end at OW)."""
+    key = ("dw", KH, KW, SH, SW, DH, DW, RW, ACT, PADDED)
+    k = _KERNELS.get(key) if cache else None
+    if k is not None:
+        return k
+    if ACT not in INLINE_CODES:
+        raise ValueError(f"activation code {ACT} is not one the blocked kernels inline")
+    NACC = RW * CB
+    copy_span.compile(COPY_SIG)  # loop-vectorized, outside the kernels' vectorizer settings
+
+    @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    def kern(x, xp, w, out, NB, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW, bias, res, has_res, alpha,
+             beta, has_post, ps, pt):
+        hi = np.float32(beta)
+        acc = stack_f32(NACC)
+        row = W * CB
+        for b in range(NB):
+            if PADDED:
+                src = x
+                x0 = b * Hp * Wp * CB
+            else:
+                xb = b * H * row
+                for h in range(H):
+                    copy_span(x, np.uint64(xb + h * row), xp, np.uint64(((h + PH) * Wp + PW) * CB), row)
+                src = xp
+                x0 = 0
+            vo = np.uint64(b * CB)
+            wb = b * KH * KW * CB
+            for oh in range(OH):
+                for ow00 in range(0, OW, RW):
+                    ow0 = min(ow00, OW - RW)
+                    for i in range(NACC):
+                        acc[i] = 0.0
+                    for kh in range(KH):
+                        xr = x0 + ((oh * SH + kh * DH) * Wp + ow0 * SW) * CB
+                        for kw in range(KW):
+                            wo = np.uint64(wb + (kh * KW + kw) * CB)
+                            xo = np.uint64(xr + kw * DW * CB)
+                            for px in range(RW):
+                                for c in range(CB):
+                                    acc[px * CB + c] += src[xo + np.uint64(px * SW * CB + c)] * w[wo + np.uint64(c)]
+                    for px in range(RW):
+                        uo = np.uint64(((b * OHp + oh + QH) * OWp + QW + ow0 + px) * CB)
+                        for c in range(CB):
+                            acc[px * CB + c] += bias[vo + np.uint64(c)]
+                        if has_res:
+                            ur = np.uint64(((b * OH + oh) * OW + ow0 + px) * CB)
+                            for c in range(CB):
+                                acc[px * CB + c] += res[ur + np.uint64(c)]
+                        for c in range(CB):
+                            acc[px * CB + c] = activate_inline(ACT, acc[px * CB + c], alpha[vo + np.uint64(c)],
+                                                               hi, beta)
+                        if has_post:
+                            for c in range(CB):
+                                acc[px * CB + c] = acc[px * CB + c] * ps[vo + np.uint64(c)] + pt[vo + np.uint64(c)]
+                        for c in range(CB):
+                            out[uo + np.uint64(c)] = acc[px * CB + c]
+    if cache:
+        _KERNELS[key] = kern
+    return kern
+
+
+@njit(cache=True, nogil=True)
+def copy_span(x, xs, out, os, n):
+    for i in range(n):
+        ui = np.uint64(i)
+        out[os + ui] = x[xs + ui]
+
+
+COPY_SIG = (_A, types.uint64, _A, types.uint64, _I)
+DW_SIG = (_A, _A, _A, _A, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _A, _A, types.boolean, _A,
+          types.float64, types.boolean, _A, _A)

@@ -1,0 +1,197 @@
+"""Conv on channel-blocked values (bninfer.kernels.blocked), for the chains bninfer.passes.layout marks.
+
+A marked Conv carries attrs["_blocked"] (Marks); its blocked values have the stored shape
+(N, NB, H + pads, W + pads, 16). The kernels work blocked in and out: an NCHW residual is converted into
+a scratch, an NCHW output is written through one (a chain's first 1x1 reads NCHW directly).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import activations, threads
+from ..errors import ModelError
+from ..ir import Value
+from ..kernels import blocked as BK
+from ..kernels import conv_direct as CD
+from . import fusion
+from .conv import _EMPTY, _Epilogue, _PaddedInput, _bias_of, _plane, conv_geometry
+
+
+class Marks(NamedTuple):
+    """How a chain member's values are stored: input, residual and output blocked or NCHW; the zero
+    border (top, left, bottom, right) the input and the output carry, None for none."""
+    x: bool
+    res: bool
+    y: bool
+    x_pads: tuple | None
+    y_pads: tuple | None
+
+
+def pads_of(node, ins) -> tuple[int, int, int, int]:
+    """A 2-D conv's pads (top, left, bottom, right), as its geometry works them out."""
+    H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(conv_geometry(node, ins))
+    return (PH, PW, EH, EW)
+
+
+def blocked_kind(node, ins) -> str | None:
+    """"pw" (1x1, stride 1, unpadded, group 1) or "dw" (depthwise, multiplier 1) for a 2-D float32 Conv
+    with constant weights and bias, no prologue, an activation the blocked kernels inline and a residual
+    (if any) of the output's shape; None for any other node."""
+    if node.op != "Conv" or len(ins) < 2 or ins[0] is None or ins[1] is None or ins[1].data is None:
+        return None
+    try:
+        g = conv_geometry(node, ins)
+        base = fusion.base_inputs(node)
+        if any(v is not None and v.dtype != np.float32 for v in ins[:base]):
+            return None
+        if base > 2 and ins[2] is not None and ins[2].data is None:
+            return None
+        ep = fusion.epilogue(node, ins, g.out_channels)
+        pro = fusion.prologue(node, ins, g.in_channels)
+    except (ModelError, ValueError, TypeError):
+        return None  # the plain build reports it
+    out_shape = (g.batch, g.out_channels) + g.out_spatial
+    if g.nsp != 2 or pro.has_pre or ep.act.code not in activations.INLINE_CODES:
+        return None
+    if ep.residual is not None:
+        r = ins[ep.residual]
+        if r is None or r.shape is None or tuple(r.shape) != out_shape:
+            return None
+    if g.group == 1 and g.kernel == (1, 1) and g.strides == (1, 1) and not any(g.pads_begin + g.pads_end):
+        return "pw"
+    if g.group == g.in_channels == g.out_channels > 1:
+        return "dw"
+    return None
+
+
+def _logical(v: Value, channels: int, pads) -> Value:
+    """The NCHW view of a blocked value (N, NB, H + pads, W + pads, 16) holding `channels` channels."""
+    n, _, h, w, _ = v.shape
+    ph, pw, eh, ew = pads or (0, 0, 0, 0)
+    return Value(v.name, (n, channels, h - ph - eh, w - pw - ew), v.dtype, v.data)
+
+
+def build(node, ins, outs):
+    marks = node.attrs["_blocked"]
+    wshape = ins[1].data.shape
+    group = int(node.attrs.get("group", 1))
+    ins = list(ins)
+    if marks.x:
+        ins[0] = _logical(ins[0], wshape[1] * group, marks.x_pads)
+    res_pos = fusion.extra(node, "residual")
+    if marks.res:
+        ins[res_pos] = _logical(ins[res_pos], wshape[0], None)
+    kind = blocked_kind(node, ins)
+    if kind is None:
+        raise ModelError(f"node {node.name!r} (Conv): marked for the blocked layout but does not fit it")
+    g = conv_geometry(node, ins)
+    out_shape = (g.batch, g.out_channels) + g.out_spatial
+    ep = _Epilogue(node, ins, out_shape, g.out_channels)
+    bias, _ = _bias_of(node, ins, fusion.base_inputs(node), g.out_channels)
+    cout = g.out_channels
+    vec = [BK.padded_vector(a, cout) for a in (bias, ep.alpha, ep.post_scale, ep.post_shift)]
+    nob = BK.blocks(cout)
+    OH, OW = g.out_spatial
+    P = OH * OW
+    y_pads = marks.y_pads or (0, 0, 0, 0)
+    ys = nob * (OH + y_pads[0] + y_pads[2]) * (OW + y_pads[1] + y_pads[3]) * BK.CB  # one image's output
+    rs = nob * P * BK.CB  # one image's residual
+    if kind == "pw":
+        part_of, nparts, macs = _pointwise(g, ep, marks.x, y_pads, ins[1].data, vec)
+    else:
+        part_of, nparts, macs = _depthwise(g, ep, marks.x_pads is not None, y_pads, ins[1].data, vec)
+    has_res = ep.residual is not None
+    scratch_y = None if marks.y else _PaddedInput(g.batch * ys)
+    scratch_r = _PaddedInput(g.batch * rs) if has_res and not marks.res else None
+    N = g.batch
+    border = any(y_pads)
+
+    def run(i, o):
+        x = i[0].reshape(-1)
+        if has_res:
+            r = i[ep.residual].reshape(-1)
+            if scratch_r is not None:
+                rb = scratch_r.get()
+                for n in range(N):
+                    BK.to_blocked(r[n * cout * P:(n + 1) * cout * P], rb[n * rs:(n + 1) * rs], cout, P)
+                r = rb
+        else:
+            r = _EMPTY
+        y = o[0].reshape(-1) if scratch_y is None else scratch_y.get()
+        if border:
+            BK.zero_border(y, N * nob, OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3], *y_pads)
+        for n in range(N):
+            threads.split(part_of(x, r, y, n), nparts, macs)
+        if scratch_y is not None:
+            yo = o[0].reshape(-1)
+            for n in range(N):
+                BK.from_blocked(y[n * ys:(n + 1) * ys], yo[n * cout * P:(n + 1) * cout * P], cout, P)
+    return run
+
+
+def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
+    cin, cout = g.in_channels, g.out_channels
+    OH, OW = g.out_spatial
+    P = OH * OW
+    yoff, yplane = BK.out_offsets(OH, OW, y_pads)
+    nob = BK.blocks(cout)
+    nb, rp = BK.pick_pw_tile(nob, P)
+    kern = BK.pointwise_kernel(nb, rp, ep.code, x_blocked)
+    CD.compile_now(kern, BK.PW_SIG)
+    w = BK.pack_weights_pw(np.asarray(wdata, np.float32).reshape(cout, cin), nb)
+    b, alpha, ps, pt = vec
+    cob = nb * BK.CB
+    xs = (BK.blocks(cin) * BK.CB if x_blocked else cin) * P
+    ys, rs = nob * yplane, nob * BK.CB * P
+    wgroup = cin * cob
+    beta, has_post = ep.beta, ep.has_post
+    has_res = ep.residual is not None
+
+    def part_of(x, r, y, n):
+        xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
+        rn = r[n * rs:(n + 1) * rs] if has_res else r
+
+        def part(g0, g1):  # groups of nb output blocks [g0, g1)
+            c0, c1, b0, b1 = g0 * cob, g1 * cob, g0 * nb, g1 * nb
+            kern(xn, w[g0 * wgroup:g1 * wgroup], yn[b0 * yplane:b1 * yplane], cin, b1 - b0, P, yoff, yplane,
+                 b[c0:c1], rn[c0 * P:c1 * P] if has_res else rn, has_res, alpha[c0:c1], beta, has_post,
+                 ps[c0:c1], pt[c0:c1])
+        return part
+    return part_of, nob // nb, cout * cin * P
+
+
+def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
+    C = g.in_channels
+    H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
+    rw = BK.pick_dw_rw(OW)
+    kern = BK.depthwise_kernel(KH, KW, SH, SW, DH, DW, rw, ep.code, x_padded)
+    CD.compile_now(kern, BK.DW_SIG)
+    w = BK.pack_weights_dw(np.asarray(wdata, np.float32).reshape(C, 1, KH, KW))
+    b, alpha, ps, pt = vec
+    nb = BK.blocks(C)
+    Hp, Wp = H + PH + EH, W + PW + EW
+    # without a padded input, one block's padded copy per thread (its border stays zero)
+    scratch = _PaddedInput(1 if x_padded else Hp * Wp * BK.CB)
+    QH, QW, QE, QF = y_pads
+    OHp, OWp = OH + QH + QE, OW + QW + QF
+    xblock = (Hp * Wp if x_padded else H * W) * BK.CB
+    yblock, rblock = OHp * OWp * BK.CB, OH * OW * BK.CB
+    kk = KH * KW * BK.CB
+    beta, has_post = ep.beta, ep.has_post
+    has_res = ep.residual is not None
+
+    def part_of(x, r, y, n):
+        xn, yn = x[n * nb * xblock:(n + 1) * nb * xblock], y[n * nb * yblock:(n + 1) * nb * yblock]
+        rn = r[n * nb * rblock:(n + 1) * nb * rblock] if has_res else r
+
+        def part(b0, b1):  # blocks [b0, b1)
+            c0, c1 = b0 * BK.CB, b1 * BK.CB
+            kern(xn[b0 * xblock:b1 * xblock], scratch.get(), w[b0 * kk:b1 * kk], yn[b0 * yblock:b1 * yblock],
+                 b1 - b0, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW, b[c0:c1],
+                 rn[b0 * rblock:b1 * rblock] if has_res else rn, has_res, alpha[c0:c1], beta, has_post,
+                 ps[c0:c1], pt[c0:c1])
+        return part
+    # depthwise layers run at a tenth of a dense layer's speed: their work counts ten times
+    return part_of, nb, 10 * C * OH * OW * KH * KW

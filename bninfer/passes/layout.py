@@ -1,0 +1,107 @@
+"""Channel-blocked values between depthwise-separable convolutions (run by the plan, on its own copy).
+
+A value becomes blocked, stored (N, ceil(C / 16), H, W, 16) (bninfer.kernels.blocked), when the Conv that
+makes it and every node that reads it take the blocked kernels (bninfer.ops.conv.blocked_kind: 1x1 and
+depthwise convs with an inlined activation), and the chain of such values it belongs to holds a
+depthwise conv: the blocked depthwise kernel is what pays for the layout. 1x1-only chains (ResNet's
+bottlenecks) stay NCHW, as their neighbours, the 3x3 kernels, read and write it.
+
+A blocked chain's first 1x1 reads NCHW as it is (its inputs are broadcast either way); a depthwise conv
+joins only with a blocked input. A value read only by depthwise convs with the same pads is stored with
+that zero border, (N, NB, H + pads, W + pads, 16): its producer writes straight into the padded buffer
+and the depthwise kernel reads it as it is. A chain member whose output leaves the chain writes NCHW
+through a scratch (the network's last 1x1 before its pooling). The pass marks each member conv with
+attrs["_blocked"] (a Marks) and gives blocked values their stored shape; the optimized graph the session
+shows (and saves) stays plain NCHW.
+"""
+from __future__ import annotations
+
+from ..ir import Graph
+from ..kernels.blocked import CB, blocks
+from ..ops import fusion
+from ..ops.conv_blocked import Marks, blocked_kind, pads_of
+
+ATTR = "_blocked"
+PAD = True
+
+
+def run(graph: Graph) -> Graph:
+    """A copy of `graph` with blocked values and marked convs; `graph` itself unchanged."""
+    kinds = {}
+    for node in graph.nodes:
+        kind = blocked_kind(node, [graph.values[i] if i else None for i in node.inputs])
+        if kind is not None:
+            kinds[node.name] = kind
+    outputs = set(graph.outputs)
+
+    def reads_ok(value: str) -> bool:
+        """Every reader of `value` is a member that reads it as X or as its residual only."""
+        for node in graph.consumers(value):
+            if node.name not in kinds:
+                return False
+            res = fusion.extra(node, "residual")
+            if any(name == value and k not in (0, res) for k, name in enumerate(node.inputs)):
+                return False
+        return True
+
+    def blocked_values() -> set[str]:
+        found = set()
+        for node in graph.nodes:
+            if node.name in kinds:
+                y = node.outputs[0]
+                if y not in outputs and graph.consumers(y) and reads_ok(y):
+                    found.add(y)
+        return found
+
+    # a depthwise conv joins only with a blocked input: drop those without until nothing changes
+    while True:
+        blocked = blocked_values()
+        lone = [n.name for n in graph.nodes if kinds.get(n.name) == "dw" and n.inputs[0] not in blocked]
+        if not lone:
+            break
+        for name in lone:
+            del kinds[name]
+
+    # chains: members linked by blocked values; keep the chains holding a depthwise conv
+    parent = {name: name for name in kinds}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for value in blocked:
+        a = root(graph.producer(value).name)
+        for node in graph.consumers(value):
+            parent[root(node.name)] = a
+    with_dw = {root(name) for name, kind in kinds.items() if kind == "dw"}
+    blocked = {v for v in blocked if root(graph.producer(v).name) in with_dw}
+    if not blocked:
+        return graph
+
+    # a zero border for values that only depthwise convs read, all with the same pads
+    pads = {}
+    for value in blocked:
+        readers = graph.consumers(value)
+        found = {pads_of(n, [graph.values[i] if i else None for i in n.inputs]) if kinds[n.name] == "dw"
+                 else None for n in readers}
+        if PAD and len(found) == 1 and None not in found and any(next(iter(found))):
+            pads[value] = next(iter(found))
+
+    g = graph.copy()
+    for node in g.nodes:
+        if node.name not in kinds:
+            continue
+        res = fusion.extra(node, "residual")
+        x, y = node.inputs[0], node.outputs[0]
+        marks = Marks(x in blocked, res is not None and node.inputs[res] in blocked, y in blocked,
+                      pads.get(x), pads.get(y))
+        if marks.x or marks.res or marks.y:
+            node.attrs[ATTR] = marks
+    for name in blocked:
+        v = g.values[name]
+        n, c, h, w = v.shape
+        ph, pw, eh, ew = pads.get(name, (0, 0, 0, 0))
+        v.shape = (n, blocks(c), h + ph + eh, w + pw + ew, CB)
+    return g

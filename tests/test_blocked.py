@@ -1,0 +1,225 @@
+"""The channel-blocked layout: its kernels against numpy, and the layout pass on small
+depthwise-separable graphs against onnxruntime (including the chains it must leave alone)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bninfer
+from bninfer import activations as A
+from bninfer.kernels import blocked as BK
+from bninfer.kernels import conv_direct as CD
+from tests.graphs import Builder
+from tests.test_threads import _split_run
+from tests.util import run_ort
+
+ACTS = {A.NONE: lambda v, a: v, A.CLIP: lambda v, a: np.minimum(np.maximum(v, a[:, None]), 6.0),  # alpha: Clip's lower bound
+        A.LEAKY_RELU: lambda v, a: np.where(v < 0, v * a[:, None], v)}
+
+
+def _to_blocked(x: np.ndarray, pads=(0, 0, 0, 0)) -> np.ndarray:
+    """(C, H, W) -> flat (NB, H + pads, W + pads, 16), zero border and lanes."""
+    c, h, w = x.shape
+    ph, pw, eh, ew = pads
+    out = np.zeros((BK.blocks(c) * 16, h + ph + eh, w + pw + ew), np.float32)
+    out[:c, ph:ph + h, pw:pw + w] = x
+    return np.ascontiguousarray(out.reshape(-1, 16, h + ph + eh, w + pw + ew).transpose(0, 2, 3, 1)).reshape(-1)
+
+
+def _from_blocked(y: np.ndarray, c: int, h: int, w: int, pads=(0, 0, 0, 0)) -> np.ndarray:
+    ph, pw, eh, ew = pads
+    full = y.reshape(-1, h + ph + eh, w + pw + ew, 16).transpose(0, 3, 1, 2).reshape(-1, h + ph + eh, w + pw + ew)
+    return full[:c, ph:ph + h, pw:pw + w]
+
+
+def _epilogue_operands(rng, cout):
+    bias, alpha = rng.standard_normal(cout), rng.uniform(0.05, 0.3, cout)
+    ps, pt = rng.uniform(-2, 2, cout), rng.standard_normal(cout)
+    return [BK.padded_vector(v, cout) for v in (bias, alpha, ps, pt)]
+
+
+@pytest.mark.parametrize("cin,cout,h,w", [(16, 96, 7, 9), (5, 24, 3, 1), (33, 40, 10, 13), (48, 16, 12, 12)])
+@pytest.mark.parametrize("x_blocked", [True, False])
+@pytest.mark.parametrize("act,res,post,pads", [(A.CLIP, False, False, (1, 1, 1, 1)), (A.NONE, True, False, (0, 0, 0, 0)),
+                                               (A.LEAKY_RELU, True, True, (2, 1, 0, 2))])
+def test_pointwise_kernel_matches_numpy(cin, cout, h, w, x_blocked, act, res, post, pads):
+    rng = np.random.default_rng(cin * cout + h)
+    P = h * w
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    wt = rng.standard_normal((cout, cin)).astype(np.float32)
+    r = rng.standard_normal((cout, h, w)).astype(np.float32)
+    nob = BK.blocks(cout)
+    nb, rp = BK.pick_pw_tile(nob, P)
+    kern = CD.compile_now(BK.pointwise_kernel(nb, rp, act, x_blocked), BK.PW_SIG)
+    bias, alpha, ps, pt = _epilogue_operands(rng, cout)
+    yoff, yplane = BK.out_offsets(h, w, pads)
+    out = np.full(nob * yplane, np.nan, np.float32)  # the border must be left alone
+    xin = _to_blocked(x) if x_blocked else x.reshape(-1)
+    kern(xin, BK.pack_weights_pw(wt, nb), out, cin, nob, P, yoff, yplane, bias, _to_blocked(r), res, alpha, 6.0,
+         post, ps, pt)
+    want = np.einsum("oc,chw->ohw", wt.astype(np.float64), x) + bias[:cout, None, None] + (r if res else 0)
+    want = ACTS[act](want.reshape(cout, -1), alpha[:cout]).reshape(cout, h, w)
+    if post:
+        want = want * ps[:cout, None, None] + pt[:cout, None, None]
+    got = _from_blocked(out, cout, h, w, pads)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(cin))
+    assert np.isfinite(_from_blocked(out, nob * 16, h, w, pads)).all()  # padding lanes written, finite
+
+
+def _dw_reference(x, wt, stride, pads, dil):
+    c, h, w = x.shape
+    k = wt.shape[-1]
+    ph, pw, eh, ew = pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (ph, eh), (pw, ew)))
+    oh = (h + ph + eh - (k - 1) * dil - 1) // stride + 1
+    ow = (w + pw + ew - (k - 1) * dil - 1) // stride + 1
+    out = np.zeros((c, oh, ow))
+    for i in range(k):
+        for j in range(k):
+            out += wt[:, 0, i, j, None, None] * xp[:, i * dil:i * dil + stride * (oh - 1) + 1:stride,
+                                                   j * dil:j * dil + stride * (ow - 1) + 1:stride]
+    return out
+
+
+@pytest.mark.parametrize("c,h,w,k,stride,pads,dil", [
+    (48, 9, 11, 3, 1, (1, 1, 1, 1), 1), (40, 14, 14, 3, 2, (1, 1, 1, 1), 1), (16, 7, 7, 5, 1, (2, 2, 2, 2), 1),
+    (20, 12, 10, 5, 2, (2, 1, 2, 2), 1), (32, 8, 9, 3, 1, (2, 2, 2, 2), 2), (16, 3, 3, 3, 1, (0, 0, 0, 0), 1)])
+@pytest.mark.parametrize("padded_in,out_pads,res", [(True, (0, 0, 0, 0), False), (False, (1, 1, 1, 1), True),
+                                                    (True, (2, 2, 1, 1), True)])
+def test_depthwise_kernel_matches_numpy(c, h, w, k, stride, pads, dil, padded_in, out_pads, res):
+    rng = np.random.default_rng(c + h * w + k)
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    want = _dw_reference(x, wt, stride, pads, dil)
+    oh, ow = want.shape[1:]
+    r = rng.standard_normal((c, oh, ow)).astype(np.float32)
+    bias, alpha, ps, pt = _epilogue_operands(rng, c)
+    rw = BK.pick_dw_rw(ow)
+    kern = CD.compile_now(BK.depthwise_kernel(k, k, stride, stride, dil, dil, rw, A.LEAKY_RELU, padded_in),
+                          BK.DW_SIG)
+    ph, pw, eh, ew = pads
+    hp, wp = h + ph + eh, w + pw + ew
+    xin = _to_blocked(x, pads) if padded_in else _to_blocked(x)
+    scratch = np.zeros(hp * wp * 16, np.float32)
+    qh, qw, qe, qf = out_pads
+    ohp, owp = oh + qh + qe, ow + qw + qf
+    nb = BK.blocks(c)
+    out = np.full(nb * ohp * owp * 16, np.nan, np.float32)
+    kern(xin, scratch, BK.pack_weights_dw(wt), out, nb, h, w, hp, wp, ph, pw, oh, ow, ohp, owp, qh, qw, bias,
+         _to_blocked(r), res, alpha, 0.0, True, ps, pt)
+    want = want + bias[:c, None, None] + (r if res else 0)
+    want = np.where(want < 0, want * alpha[:c, None, None], want) * ps[:c, None, None] + pt[:c, None, None]
+    np.testing.assert_allclose(_from_blocked(out, c, oh, ow, out_pads), want, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_border_and_layout_conversions():
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal(2 * 6 * 7 * 16).astype(np.float32)
+    BK.zero_border(y, 2, 6, 7, 2, 1, 1, 3)
+    v = y.reshape(2, 6, 7, 16)
+    assert not v[:, :2].any() and not v[:, 5:].any() and not v[:, :, :1].any() and not v[:, :, 4:].any()
+    assert (v[:, 2:5, 1:4] != 0).all()  # the interior untouched
+    x = rng.standard_normal((21, 5, 3)).astype(np.float32)
+    b = np.full(BK.blocks(21) * 16 * 15, np.nan, np.float32)
+    BK.to_blocked(x.reshape(-1), b, 21, 15)
+    np.testing.assert_array_equal(b, _to_blocked(x))  # lanes past 21 zero
+    back = np.empty(21 * 15, np.float32)
+    BK.from_blocked(b, back, 21, 15)
+    np.testing.assert_array_equal(back.reshape(x.shape), x)
+
+
+# -- the layout pass, on graphs --------------------------------------------------------------------
+
+def _inverted_residual(b: Builder, x: str, c: int, expand: int, k: int = 3, stride: int = 1, act="Clip",
+                       out_c: int | None = None) -> str:
+    """MobileNetV2's block: 1x1 expand + BN + act, depthwise k x k + BN + act, 1x1 project + BN (+ x)."""
+    def activation(v):
+        if act == "Clip":
+            return b.node("Clip", [v, b.const("lo", np.float32(0)), b.const("hi", np.float32(6))])
+        if act == "Swish":
+            return b.node("Mul", [v, b.node("Sigmoid", [v])])
+        return b.node(act, [v])
+    e = c * expand
+    h = activation(b.bn(b.conv(x, c, e, k=1), e))
+    h = activation(b.bn(b.conv(h, e, e, k=k, group=e, stride=stride), e))
+    out_c = out_c or c
+    y = b.bn(b.conv(h, e, out_c, k=1), out_c)
+    return b.node("Add", [x, y]) if stride == 1 and out_c == c else y
+
+
+def _marks(sess) -> list:
+    plan = next(iter(sess._plans.values()))
+    return [st.node.attrs["_blocked"] for st in plan.steps if st.node.attrs.get("_blocked")]
+
+
+def _check(model, feeds, **kw):
+    so = bninfer.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = bninfer.InferenceSession(model.SerializeToString(), so)
+    ours = sess.run(None, feeds)
+    for a, t in zip(ours, run_ort(model, feeds)):
+        np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(t).max())))
+    return sess, ours
+
+
+def _mobile_net(c=16, size=(9, 11), batch=1, seed=0, tail="GlobalAveragePool"):
+    b = Builder(seed)
+    x = b.conv("x", 3, c, k=3, stride=1)
+    x = _inverted_residual(b, x, c, 3)
+    x = _inverted_residual(b, x, c, 3, k=5, stride=2, out_c=24)
+    x = _inverted_residual(b, x, 24, 6, act="Relu")
+    x = b.conv(x, 24, 40, k=1)
+    out = b.node(tail, [x]) if tail else x
+    rng = np.random.default_rng(seed)
+    return b.model({"x": [batch, 3, *size]}, [out]), {"x": rng.standard_normal((batch, 3, *size)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("size,batch", [((9, 11), 1), ((16, 16), 2), ((5, 3), 1)])
+def test_depthwise_separable_blocks_run_blocked_and_match_onnxruntime(size, batch):
+    model, feeds = _mobile_net(size=size, batch=batch)
+    sess, _ = _check(model, feeds)
+    marks = _marks(sess)
+    assert len(marks) == 10  # every 1x1 and depthwise conv after the 3x3 stem, the last one writing NCHW
+    assert sum(m.y_pads is not None for m in marks) == 3  # the expands write the depthwise border
+    assert not marks[-1].y and marks[0].y and not marks[0].x  # enters from NCHW, leaves to NCHW
+
+
+def test_blocked_result_equals_the_nchw_plan_and_splits_over_threads(monkeypatch):
+    from bninfer.plan import Plan
+    model, feeds = _mobile_net(size=(12, 12))
+    sess, ours = _check(model, feeds)
+    nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
+    np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-5)
+    out, parts = _split_run(model, feeds, 2, monkeypatch)
+    assert parts and max(parts) == 2
+    np.testing.assert_array_equal(out, ours[0])  # same sums, only on two threads
+
+
+def test_a_graph_output_inside_the_chain_stays_nchw():
+    model, feeds = _mobile_net(tail=None)  # the last 1x1 is the graph output
+    sess, _ = _check(model, feeds)
+    assert not _marks(sess)[-1].y
+
+
+def test_chains_without_a_depthwise_conv_and_non_inline_activations_stay_nchw():
+    b = Builder(1)
+    x = b.conv("x", 3, 32, k=1)
+    x = b.node("Relu", [b.conv(x, 32, 64, k=1)])
+    x = b.conv(x, 64, 32, k=1)
+    model = b.model({"x": [1, 3, 8, 8]}, [x])
+    sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)})
+    assert not _marks(sess)  # 1x1 only: no depthwise conv to pay for the layout
+    b = Builder(2)
+    x = _inverted_residual(b, b.conv("x", 3, 16, k=1), 16, 2, act="Swish")
+    model = b.model({"x": [1, 3, 8, 8]}, [b.node("GlobalAveragePool", [x])])
+    sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)})
+    assert not _marks(sess)  # Swish is not inlined by the blocked kernels: the depthwise conv stays NCHW
+
+
+def test_a_depthwise_conv_on_an_nchw_value_or_shared_with_another_reader_stays_nchw():
+    b = Builder(3)
+    h = b.node("Clip", [b.conv("x", 16, 16, k=3, group=16), b.const("lo", np.float32(0)), b.const("hi", np.float32(6))])
+    y = b.conv(h, 16, 24, k=1)
+    model = b.model({"x": [1, 16, 8, 8]}, [y, h])  # the depthwise output is also a graph output
+    sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 16, 8, 8)).astype(np.float32)})
+    assert not _marks(sess)
