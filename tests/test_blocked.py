@@ -38,7 +38,7 @@ def _epilogue_operands(rng, cout):
     return [BK.padded_vector(v, cout) for v in (bias, alpha, ps, pt)]
 
 
-@pytest.mark.parametrize("cin,cout,h,w", [(16, 96, 7, 9), (5, 24, 3, 1), (33, 40, 10, 13), (48, 16, 12, 12)])
+@pytest.mark.parametrize("cin,cout,h,w", [(16, 96, 7, 9), (5, 24, 3, 5), (33, 40, 10, 13), (48, 16, 12, 12)])
 @pytest.mark.parametrize("x_blocked", [True, False])
 @pytest.mark.parametrize("act,res,post,pads", [(A.CLIP, False, False, (1, 1, 1, 1)), (A.NONE, True, False, (0, 0, 0, 0)),
                                                (A.LEAKY_RELU, True, True, (2, 1, 0, 2))])
@@ -83,7 +83,7 @@ def _dw_reference(x, wt, stride, pads, dil):
 
 @pytest.mark.parametrize("c,h,w,k,stride,pads,dil", [
     (48, 9, 11, 3, 1, (1, 1, 1, 1), 1), (40, 14, 14, 3, 2, (1, 1, 1, 1), 1), (16, 7, 7, 5, 1, (2, 2, 2, 2), 1),
-    (20, 12, 10, 5, 2, (2, 1, 2, 2), 1), (32, 8, 9, 3, 1, (2, 2, 2, 2), 2), (16, 3, 3, 3, 1, (0, 0, 0, 0), 1)])
+    (20, 12, 13, 5, 2, (2, 1, 2, 2), 1), (32, 8, 9, 3, 1, (2, 2, 2, 2), 2), (16, 6, 8, 3, 1, (0, 0, 0, 0), 1)])
 @pytest.mark.parametrize("padded_in,out_pads,res", [(True, (0, 0, 0, 0), False), (False, (1, 1, 1, 1), True),
                                                     (True, (2, 2, 1, 1), True)])
 def test_depthwise_kernel_matches_numpy(c, h, w, k, stride, pads, dil, padded_in, out_pads, res):
@@ -174,7 +174,7 @@ def _mobile_net(c=16, size=(9, 11), batch=1, seed=0, tail="GlobalAveragePool"):
     return b.model({"x": [batch, 3, *size]}, [out]), {"x": rng.standard_normal((batch, 3, *size)).astype(np.float32)}
 
 
-@pytest.mark.parametrize("size,batch", [((9, 11), 1), ((16, 16), 2), ((5, 3), 1)])
+@pytest.mark.parametrize("size,batch", [((9, 11), 1), ((16, 16), 2), ((7, 13), 1)])
 def test_depthwise_separable_blocks_run_blocked_and_match_onnxruntime(size, batch):
     model, feeds = _mobile_net(size=size, batch=batch)
     sess, _ = _check(model, feeds)
@@ -214,6 +214,16 @@ def test_chains_without_a_depthwise_conv_and_non_inline_activations_stay_nchw():
     model = b.model({"x": [1, 3, 8, 8]}, [b.node("GlobalAveragePool", [x])])
     sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)})
     assert not _marks(sess)  # Swish is not inlined by the blocked kernels: the depthwise conv stays NCHW
+
+
+def test_images_too_small_for_the_tiles_stay_nchw():
+    model, feeds = _mobile_net(size=(8, 6))  # 4x3 after the stride-2 block: rows shorter than a tile
+    sess, _ = _check(model, feeds)
+    marks = _marks(sess)
+    assert len(marks) == 4 and not marks[-1].y  # the first block, and the second's expand leaving to NCHW
+    model, feeds = _mobile_net(size=(6, 5))
+    sess, _ = _check(model, feeds)
+    assert not _marks(sess)  # 5-wide rows: no depthwise conv in the chain
 
 
 def test_a_depthwise_conv_on_an_nchw_value_or_shared_with_another_reader_stays_nchw():

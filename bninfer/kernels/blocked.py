@@ -88,11 +88,14 @@ def pick_pw_tile(nob: int, P: int) -> tuple[int, int]:
     """(NB, RP): output blocks x pixels of the register tile, 20 or so accumulators. NB divides the
     layer's blocks (every tile whole in channels); RP wastes the least of the last pixel tile. Two
     blocks x 10 pixels and one x 14 ran at 90-110 GFLOP/s on MobileNet's 1x1 layers; three or four
-    blocks fell to 7-25 (the SLP vectorizer gave up on the tile)."""
+    blocks fell to 7-25 (the SLP vectorizer gave up on the tile). P >= PW_MIN_PIXELS: a fixed set of
+    tiles, so a fixed set of kernels to compile."""
     nb = 2 if nob % 2 == 0 else 1
     choices = (10, 8) if nb == 2 else (14, 12)
-    rp = min(choices, key=lambda r: (max(P, -(-P // r) * r), -r))
-    return nb, min(rp, P)
+    return nb, min(choices, key=lambda r: (-(-P // r) * r, -r))
+
+
+PW_MIN_PIXELS = 14
 
 
 def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
@@ -213,8 +216,11 @@ def pack_weights_dw(w: np.ndarray) -> np.ndarray:
 
 
 def pick_dw_rw(ow: int) -> int:
-    """Pixels per tile: at most the row, the least work on the row's overlapping last tile."""
-    return min(ow, min((8, 7, 6), key=lambda r: (-(-ow // r) * r, -r)))
+    """Pixels per tile (OW >= DW_MIN_WIDTH): the least work on the row's overlapping last tile."""
+    return min((8, 7, 6), key=lambda r: (-(-ow // r) * r, -r))
+
+
+DW_MIN_WIDTH = 6
 
 
 def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):

@@ -18,6 +18,8 @@ Conv paths (batch 1 float32 single thread; ratios to onnxruntime in benchmarks/c
   * depthwise (multiplier 1) 1-D/2-D with constant weights: kernels.depthwise, vectors along the row for
     rows of 24+ outputs, 16-channel blocks below;
   * any other depthwise: a direct loop kernel, prologue and epilogue fused;
+  * 1x1 and depthwise convs in the depthwise-separable chains bninfer.passes.layout marks: channel-blocked
+    values in and out (bninfer.ops.conv_blocked);
   * 1x1, stride 1, unpadded, no prologue: the input is already the column matrix;
   * otherwise im2col (prologue applied to the gathered elements) and one batched BLAS matmul over
     (batch, group), then the epilogue in one Numba pass over the output.

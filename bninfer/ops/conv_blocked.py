@@ -36,9 +36,10 @@ def pads_of(node, ins) -> tuple[int, int, int, int]:
 
 
 def blocked_kind(node, ins) -> str | None:
-    """"pw" (1x1, stride 1, unpadded, group 1) or "dw" (depthwise, multiplier 1) for a 2-D float32 Conv
-    with constant weights and bias, no prologue, an activation the blocked kernels inline and a residual
-    (if any) of the output's shape; None for any other node."""
+    """"pw" (1x1, stride 1, unpadded, group 1, at least PW_MIN_PIXELS pixels) or "dw" (depthwise,
+    multiplier 1, rows of at least DW_MIN_WIDTH) for a 2-D float32 Conv with constant weights and bias,
+    no prologue, an activation the blocked kernels inline and a residual (if any) of the output's shape;
+    None for any other node."""
     if node.op != "Conv" or len(ins) < 2 or ins[0] is None or ins[1] is None or ins[1].data is None:
         return None
     try:
@@ -59,10 +60,11 @@ def blocked_kind(node, ins) -> str | None:
         r = ins[ep.residual]
         if r is None or r.shape is None or tuple(r.shape) != out_shape:
             return None
+    # smaller images stay NCHW: little to gain, and each size would compile kernels of its own
     if g.group == 1 and g.kernel == (1, 1) and g.strides == (1, 1) and not any(g.pads_begin + g.pads_end):
-        return "pw"
+        return "pw" if np.prod(g.out_spatial) >= BK.PW_MIN_PIXELS else None
     if g.group == g.in_channels == g.out_channels > 1:
-        return "dw"
+        return "dw" if g.out_spatial[1] >= BK.DW_MIN_WIDTH else None
     return None
 
 

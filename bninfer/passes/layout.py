@@ -22,7 +22,6 @@ from ..ops import fusion
 from ..ops.conv_blocked import Marks, blocked_kind, pads_of
 
 ATTR = "_blocked"
-PAD = True
 
 
 def run(graph: Graph) -> Graph:
@@ -86,7 +85,7 @@ def run(graph: Graph) -> Graph:
         readers = graph.consumers(value)
         found = {pads_of(n, [graph.values[i] if i else None for i in n.inputs]) if kinds[n.name] == "dw"
                  else None for n in readers}
-        if PAD and len(found) == 1 and None not in found and any(next(iter(found))):
+        if len(found) == 1 and None not in found and any(next(iter(found))):
             pads[value] = next(iter(found))
 
     g = graph.copy()
