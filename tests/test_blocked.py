@@ -233,3 +233,14 @@ def test_a_depthwise_conv_on_an_nchw_value_or_shared_with_another_reader_stays_n
     model = b.model({"x": [1, 16, 8, 8]}, [y, h])  # the depthwise output is also a graph output
     sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 16, 8, 8)).astype(np.float32)})
     assert not _marks(sess)
+
+
+def test_a_depthwise_conv_adding_its_own_input_reads_it_unpadded():
+    b = Builder(4)
+    x = _inverted_residual(b, b.conv("x", 3, 16, k=1), 16, 2)
+    y = b.node("Add", [x, b.conv(x, 16, 16, k=3, group=16)])  # x + dw(x): x is X and residual of one conv
+    y = b.conv(y, 16, 24, k=1)
+    model = b.model({"x": [1, 3, 9, 10]}, [b.node("GlobalAveragePool", [y])])
+    sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 3, 9, 10)).astype(np.float32)})
+    marks = _marks(sess)
+    assert any(m.x and m.res for m in marks) and all(m.x_pads is None for m in marks if m.res)

@@ -83,8 +83,9 @@ def run(graph: Graph) -> Graph:
     pads = {}
     for value in blocked:
         readers = graph.consumers(value)
-        found = {pads_of(n, [graph.values[i] if i else None for i in n.inputs]) if kinds[n.name] == "dw"
-                 else None for n in readers}
+        # a depthwise reader that also adds the value as its residual reads it unpadded there
+        found = {pads_of(n, [graph.values[i] if i else None for i in n.inputs])
+                 if kinds[n.name] == "dw" and n.inputs.count(value) == 1 else None for n in readers}
         if len(found) == 1 and None not in found and any(next(iter(found))):
             pads[value] = next(iter(found))
 
