@@ -14,7 +14,10 @@ from tests.test_threads import _split_run
 from tests.util import run_ort
 
 ACTS = {A.NONE: lambda v, a: v, A.CLIP: lambda v, a: np.minimum(np.maximum(v, a[:, None]), 6.0),  # alpha: Clip's lower bound
-        A.LEAKY_RELU: lambda v, a: np.where(v < 0, v * a[:, None], v)}
+        A.LEAKY_RELU: lambda v, a: np.where(v < 0, v * a[:, None], v),
+        # the codes the kernels run as a span over the stored tile: one alpha for all channels
+        A.SWISH: lambda v, a: v / (1 + np.exp(-np.float32(a[0]) * v)),
+        A.HARD_SWISH: lambda v, a: v * np.clip(v / 6 + 0.5, 0, 1)}
 
 
 def _to_blocked(x: np.ndarray, pads=(0, 0, 0, 0)) -> np.ndarray:
@@ -41,7 +44,8 @@ def _epilogue_operands(rng, cout):
 @pytest.mark.parametrize("cin,cout,h,w", [(16, 96, 7, 9), (5, 24, 3, 5), (33, 40, 10, 13), (48, 16, 12, 12)])
 @pytest.mark.parametrize("x_blocked", [True, False])
 @pytest.mark.parametrize("act,res,post,pads", [(A.CLIP, False, False, (1, 1, 1, 1)), (A.NONE, True, False, (0, 0, 0, 0)),
-                                               (A.LEAKY_RELU, True, True, (2, 1, 0, 2))])
+                                               (A.LEAKY_RELU, True, True, (2, 1, 0, 2)),
+                                               (A.SWISH, True, False, (1, 2, 1, 0)), (A.HARD_SWISH, False, False, (0, 0, 0, 0))])
 def test_pointwise_kernel_matches_numpy(cin, cout, h, w, x_blocked, act, res, post, pads):
     rng = np.random.default_rng(cin * cout + h)
     P = h * w
@@ -84,9 +88,11 @@ def _dw_reference(x, wt, stride, pads, dil):
 @pytest.mark.parametrize("c,h,w,k,stride,pads,dil", [
     (48, 9, 11, 3, 1, (1, 1, 1, 1), 1), (40, 14, 14, 3, 2, (1, 1, 1, 1), 1), (16, 7, 7, 5, 1, (2, 2, 2, 2), 1),
     (20, 12, 13, 5, 2, (2, 1, 2, 2), 1), (32, 8, 9, 3, 1, (2, 2, 2, 2), 2), (16, 6, 8, 3, 1, (0, 0, 0, 0), 1)])
-@pytest.mark.parametrize("padded_in,out_pads,res", [(True, (0, 0, 0, 0), False), (False, (1, 1, 1, 1), True),
-                                                    (True, (2, 2, 1, 1), True)])
-def test_depthwise_kernel_matches_numpy(c, h, w, k, stride, pads, dil, padded_in, out_pads, res):
+@pytest.mark.parametrize("padded_in,out_pads,res,act", [(True, (0, 0, 0, 0), False, A.LEAKY_RELU),
+                                                        (False, (1, 1, 1, 1), True, A.SWISH),
+                                                        (True, (2, 2, 1, 1), True, A.LEAKY_RELU),
+                                                        (True, (1, 2, 2, 1), False, A.SWISH)])
+def test_depthwise_kernel_matches_numpy(c, h, w, k, stride, pads, dil, padded_in, out_pads, res, act):
     rng = np.random.default_rng(c + h * w + k)
     x = rng.standard_normal((c, h, w)).astype(np.float32)
     wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
@@ -95,8 +101,8 @@ def test_depthwise_kernel_matches_numpy(c, h, w, k, stride, pads, dil, padded_in
     r = rng.standard_normal((c, oh, ow)).astype(np.float32)
     bias, alpha, ps, pt = _epilogue_operands(rng, c)
     rw = BK.pick_dw_rw(ow)
-    kern = CD.compile_now(BK.depthwise_kernel(k, k, stride, stride, dil, dil, rw, A.LEAKY_RELU, padded_in),
-                          BK.DW_SIG)
+    kern = CD.compile_now(BK.depthwise_kernel(k, k, stride, stride, dil, dil, rw, act, padded_in), BK.DW_SIG)
+    post = act == A.LEAKY_RELU  # the span activations take no per-channel affine after them
     ph, pw, eh, ew = pads
     hp, wp = h + ph + eh, w + pw + ew
     xin = _to_blocked(x, pads) if padded_in else _to_blocked(x)
@@ -106,10 +112,14 @@ def test_depthwise_kernel_matches_numpy(c, h, w, k, stride, pads, dil, padded_in
     nb = BK.blocks(c)
     out = np.full(nb * ohp * owp * 16, np.nan, np.float32)
     kern(xin, scratch, BK.pack_weights_dw(wt), out, nb, h, w, hp, wp, ph, pw, oh, ow, ohp, owp, qh, qw, bias,
-         _to_blocked(r), res, alpha, 0.0, True, ps, pt)
-    want = want + bias[:c, None, None] + (r if res else 0)
-    want = np.where(want < 0, want * alpha[:c, None, None], want) * ps[:c, None, None] + pt[:c, None, None]
+         _to_blocked(r), res, alpha, 0.0, post, ps, pt)
+    want = ACTS[act]((want + bias[:c, None, None] + (r if res else 0)).reshape(c, -1), alpha[:c]).reshape(c, oh, ow)
+    if post:
+        want = want * ps[:c, None, None] + pt[:c, None, None]
     np.testing.assert_allclose(_from_blocked(out, c, oh, ow, out_pads), want, rtol=1e-4, atol=1e-4)
+    y = out.reshape(nb, ohp, owp, 16)  # the border untouched (the activation spans run inside the rows)
+    assert np.isnan(y[:, :qh]).all() and np.isnan(y[:, ohp - qe:]).all()
+    assert np.isnan(y[:, :, :qw]).all() and np.isnan(y[:, :, owp - qf:]).all()
 
 
 def test_zero_border_and_layout_conversions():
@@ -201,7 +211,7 @@ def test_a_graph_output_inside_the_chain_stays_nchw():
     assert not _marks(sess)[-1].y
 
 
-def test_chains_without_a_depthwise_conv_and_non_inline_activations_stay_nchw():
+def test_chains_without_a_depthwise_conv_stay_nchw():
     b = Builder(1)
     x = b.conv("x", 3, 32, k=1)
     x = b.node("Relu", [b.conv(x, 32, 64, k=1)])
@@ -209,11 +219,25 @@ def test_chains_without_a_depthwise_conv_and_non_inline_activations_stay_nchw():
     model = b.model({"x": [1, 3, 8, 8]}, [x])
     sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)})
     assert not _marks(sess)  # 1x1 only: no depthwise conv to pay for the layout
+
+
+@pytest.mark.parametrize("act", ["Swish", "HardSwish", "Sigmoid"])
+def test_span_activations_run_blocked_but_not_with_an_affine_after_them(act):
     b = Builder(2)
-    x = _inverted_residual(b, b.conv("x", 3, 16, k=1), 16, 2, act="Swish")
+    x = _inverted_residual(b, b.conv("x", 3, 16, k=1), 16, 2, act=act)
     model = b.model({"x": [1, 3, 8, 8]}, [b.node("GlobalAveragePool", [x])])
-    sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)})
-    assert not _marks(sess)  # Swish is not inlined by the blocked kernels: the depthwise conv stays NCHW
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    sess, _ = _check(model, feeds)
+    assert len(_marks(sess)) == 4  # the first 1x1 (its output is the residual), expand, depthwise, project
+    # Conv -> BN -> Swish -> BN: the second BN becomes an affine after the activation, which the
+    # kernels' span activations do not take: the depthwise conv stays NCHW, and with it the chain
+    b = Builder(2)
+    h = b.node("HardSwish", [b.bn(b.conv(b.conv("x", 3, 16, k=1), 16, 32, k=1), 32)])
+    h = b.node("HardSwish", [b.bn(b.conv(h, 32, 32, k=3, group=32), 32)])
+    y = b.conv(b.bn(h, 32), 32, 16, k=1)
+    model = b.model({"x": [1, 3, 8, 8]}, [b.node("GlobalAveragePool", [y])])
+    sess, _ = _check(model, feeds)
+    assert not _marks(sess)
 
 
 def test_images_too_small_for_the_tiles_stay_nchw():

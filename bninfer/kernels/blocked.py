@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from ..activations import INLINE_CODES, activate_inline
+from ..activations import INLINE_CODES, NONE, activate_inline, activate_span, compile_span
 from .conv_direct import _FASTMATH, stack_f32
 
 CB = 16
@@ -108,19 +108,21 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
     per-channel vectors padded to NOB * 16 (padded_vector), res blocked like out. A tile of NB * 16
     output channels (weight vectors) x RP pixels (inputs broadcast); P >= RP, the last tile of pixels
     moved back to end at P (recomputing a few pixels with the same sums: out never shares memory with
-    x or res). ACT in INLINE_CODES."""
+    x or res). ACT: one of INLINE_CODES is applied in the store; any other code runs afterwards, a
+    loop-vectorized span over the tile's stored pixels (then has_post must be False: the span's affine
+    is not per channel)."""
     key = ("pw", NB, RP, ACT, XB)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
-    if ACT not in INLINE_CODES:
-        raise ValueError(f"activation code {ACT} is not one the blocked kernels inline")
+    IACT = ACT if ACT in INLINE_CODES else NONE  # any other code: a span over the stored tile
+    compile_span(ACT)  # loop-vectorized, linked by this kernel
     COB = NB * CB
     NACC = COB * RP
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     def kern(x, w, out, CIN, NOB, P, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
-        hi = np.float32(beta)
+        hi, a0, one, zero = np.float32(beta), alpha[0], np.float32(1.0), np.float32(0.0)
         acc = stack_f32(NACC)
         ntiles = (P + RP - 1) // RP
         xstep = np.uint64(CB if XB else 1)
@@ -152,7 +154,7 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
                             for c in range(CB):
                                 acc[j * COB + b * CB + c] += res[ur + np.uint64(c)]
                         for c in range(CB):
-                            acc[j * COB + b * CB + c] = activate_inline(ACT, acc[j * COB + b * CB + c],
+                            acc[j * COB + b * CB + c] = activate_inline(IACT, acc[j * COB + b * CB + c],
                                                                         alpha[vo + np.uint64(c)], hi, beta)
                         if has_post:
                             for c in range(CB):
@@ -160,6 +162,16 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
                                                              + pt[vo + np.uint64(c)])
                         for c in range(CB):
                             out[uo + np.uint64(c)] = acc[j * COB + b * CB + c]
+                    if IACT != ACT:  # the activation over the tile's runs of adjacent pixels
+                        r0 = ob * yplane + yoff[p0]
+                        r1 = r0 + CB
+                        for j in range(1, RP):
+                            u = ob * yplane + yoff[p0 + j]
+                            if u != r1:
+                                activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
+                                r0 = u
+                            r1 = u + CB
+                        activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -228,22 +240,22 @@ def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
     beta, has_post, ps, pt): a depthwise convolution, blocked in and out, weights from pack_weights_dw.
     PADDED: x is (NB, Hp, Wp, 16) with the zero border the pads need (its producer wrote it so); else x
     is (NB, H, W, 16) and each block is first copied into xp (Hp, Wp, 16), a scratch whose border the
-    caller keeps zero. out is (NB, OHp, OWp, 16) with the output at rows QH.., columns QW.. (a border for
+    caller keeps zero. ACT as for pointwise_kernel. out is (NB, OHp, OWp, 16) with the output at rows QH.., columns QW.. (a border for
     the next depthwise conv; the residual, if any, is unpadded (NB, OH, OW, 16)). A tile of RW pixels x
     16 channels (OW >= RW; the last tile of a row moved back to end at OW)."""
     key = ("dw", KH, KW, SH, SW, DH, DW, RW, ACT, PADDED)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
-    if ACT not in INLINE_CODES:
-        raise ValueError(f"activation code {ACT} is not one the blocked kernels inline")
+    IACT = ACT if ACT in INLINE_CODES else NONE  # any other code: a span over the stored tile
+    compile_span(ACT)
     NACC = RW * CB
     copy_span.compile(COPY_SIG)  # loop-vectorized, outside the kernels' vectorizer settings
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     def kern(x, xp, w, out, NB, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW, bias, res, has_res, alpha,
              beta, has_post, ps, pt):
-        hi = np.float32(beta)
+        hi, a0, one, zero = np.float32(beta), alpha[0], np.float32(1.0), np.float32(0.0)
         acc = stack_f32(NACC)
         row = W * CB
         for b in range(NB):
@@ -280,13 +292,16 @@ def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
                             for c in range(CB):
                                 acc[px * CB + c] += res[ur + np.uint64(c)]
                         for c in range(CB):
-                            acc[px * CB + c] = activate_inline(ACT, acc[px * CB + c], alpha[vo + np.uint64(c)],
+                            acc[px * CB + c] = activate_inline(IACT, acc[px * CB + c], alpha[vo + np.uint64(c)],
                                                                hi, beta)
                         if has_post:
                             for c in range(CB):
                                 acc[px * CB + c] = acc[px * CB + c] * ps[vo + np.uint64(c)] + pt[vo + np.uint64(c)]
                         for c in range(CB):
                             out[uo + np.uint64(c)] = acc[px * CB + c]
+                    if IACT != ACT:
+                        u0 = ((b * OHp + oh + QH) * OWp + QW + ow0) * CB
+                        activate_span(ACT, out, u0, u0 + RW * CB, a0, hi, beta, has_post, one, zero)
     if cache:
         _KERNELS[key] = kern
     return kern

@@ -38,7 +38,7 @@ def pads_of(node, ins) -> tuple[int, int, int, int]:
 def blocked_kind(node, ins) -> str | None:
     """"pw" (1x1, stride 1, unpadded, group 1, at least PW_MIN_PIXELS pixels) or "dw" (depthwise,
     multiplier 1, rows of at least DW_MIN_WIDTH) for a 2-D float32 Conv with constant weights and bias,
-    no prologue, an activation the blocked kernels inline and a residual (if any) of the output's shape;
+    no prologue, no affine after an activation the kernels do not inline (INLINE_CODES) and a residual (if any) of the output's shape;
     None for any other node."""
     if node.op != "Conv" or len(ins) < 2 or ins[0] is None or ins[1] is None or ins[1].data is None:
         return None
@@ -54,8 +54,10 @@ def blocked_kind(node, ins) -> str | None:
     except (ModelError, ValueError, TypeError):
         return None  # the plain build reports it
     out_shape = (g.batch, g.out_channels) + g.out_spatial
-    if g.nsp != 2 or pro.has_pre or ep.act.code not in activations.INLINE_CODES:
+    if g.nsp != 2 or pro.has_pre:
         return None
+    if ep.act.code not in activations.INLINE_CODES and ep.has_post:
+        return None  # the kernels' span activations take no per-channel affine after them
     if ep.residual is not None:
         r = ins[ep.residual]
         if r is None or r.shape is None or tuple(r.shape) != out_shape:
