@@ -157,9 +157,9 @@ def _inverted_residual(b: Builder, x: str, c: int, expand: int, k: int = 3, stri
     return b.node("Add", [x, y]) if stride == 1 and out_c == c else y
 
 
-def _marks(sess) -> list:
+def _marks(sess, op: str = "Conv") -> list:
     plan = next(iter(sess._plans.values()))
-    return [st.node.attrs["_blocked"] for st in plan.steps if st.node.attrs.get("_blocked")]
+    return [st.node.attrs["_blocked"] for st in plan.steps if st.node.attrs.get("_blocked") and st.node.op == op]
 
 
 def _check(model, feeds, **kw):
@@ -189,9 +189,10 @@ def test_depthwise_separable_blocks_run_blocked_and_match_onnxruntime(size, batc
     model, feeds = _mobile_net(size=size, batch=batch)
     sess, _ = _check(model, feeds)
     marks = _marks(sess)
-    assert len(marks) == 10  # every 1x1 and depthwise conv after the 3x3 stem, the last one writing NCHW
+    assert len(marks) == 10  # every 1x1 and depthwise conv after the 3x3 stem
     assert sum(m.y_pads is not None for m in marks) == 3  # the expands write the depthwise border
-    assert not marks[-1].y and marks[0].y and not marks[0].x  # enters from NCHW, leaves to NCHW
+    assert marks[-1].y and marks[0].y and not marks[0].x  # enters from NCHW; the last one feeds the pool
+    assert len(_marks(sess, "GlobalAveragePool")) == 1  # which reads it blocked
 
 
 def test_blocked_result_equals_the_nchw_plan_and_splits_over_threads(monkeypatch):
@@ -268,3 +269,76 @@ def test_a_depthwise_conv_adding_its_own_input_reads_it_unpadded():
     sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 3, 9, 10)).astype(np.float32)})
     marks = _marks(sess)
     assert any(m.x and m.res for m in marks) and all(m.x_pads is None for m in marks if m.res)
+
+
+# -- squeeze-excitation on blocked values ---------------------------------------------------------------
+
+@pytest.mark.parametrize("c,p", [(16, 1), (21, 64), (40, 130), (96, 49)])
+def test_global_average_and_channel_scale_kernels_match_numpy(c, p):
+    rng = np.random.default_rng(c + p)
+    x = (rng.standard_normal((c, p)) * 3 + 1).astype(np.float32)
+    xb = _to_blocked(x.reshape(c, 1, p))
+    mean = np.full(c, np.nan, np.float32)
+    CD.compile_now(BK.global_avg, BK.GAP_SIG)(xb, mean, c, p)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(1), rtol=1e-6, atol=1e-6)
+    s = rng.standard_normal(c).astype(np.float32)
+    out = np.full_like(xb, np.nan)
+    CD.compile_now(BK.scale_channels, BK.SCALE_SIG)(xb, BK.padded_vector(s, c), out, BK.blocks(c), p)
+    np.testing.assert_array_equal(_from_blocked(out, c, 1, p), x.reshape(c, 1, p) * s[:, None, None])
+    assert np.isfinite(out).all()  # padding lanes: zero factors times finite values
+
+
+def _mb_conv(b: Builder, x: str, c: int, expand: int, k: int = 3, stride: int = 1, out_c: int | None = None,
+             swap: bool = False) -> str:
+    """EfficientNet's block: 1x1 expand + BN + SiLU, depthwise + BN + SiLU, squeeze-excitation (mean,
+    1x1 reduce + SiLU, 1x1 expand + Sigmoid, Mul), 1x1 project + BN (+ x)."""
+    def silu(v):
+        return b.node("Mul", [v, b.node("Sigmoid", [v])])
+    e = c * expand
+    h = silu(b.bn(b.conv(x, c, e, k=1), e))
+    h = silu(b.bn(b.conv(h, e, e, k=k, group=e, stride=stride), e))
+    s = b.node("GlobalAveragePool", [h])
+    s = b.node("Sigmoid", [b.conv(silu(b.conv(s, e, max(1, c // 4), k=1)), max(1, c // 4), e, k=1)])
+    h = b.node("Mul", [s, h] if swap else [h, s])
+    out_c = out_c or c
+    y = b.bn(b.conv(h, e, out_c, k=1), out_c)
+    return b.node("Add", [x, y]) if stride == 1 and out_c == c else y
+
+
+@pytest.mark.parametrize("batch,size", [(1, (9, 11)), (2, (16, 14))])
+def test_squeeze_excitation_blocks_run_blocked_and_match_onnxruntime(batch, size):
+    b = Builder(5)
+    x = b.conv("x", 3, 16, k=3, stride=1)
+    x = _mb_conv(b, x, 16, 4)
+    x = _mb_conv(b, x, 16, 6, k=5, stride=2, out_c=24, swap=True)
+    x = _mb_conv(b, x, 24, 6)
+    model = b.model({"x": [batch, 3, *size]}, [b.node("GlobalAveragePool", [b.conv(x, 24, 40, k=1)])])
+    feeds = {"x": np.random.default_rng(1).standard_normal((batch, 3, *size)).astype(np.float32)}
+    sess, ours = _check(model, feeds)
+    plan = next(iter(sess._plans.values()))
+    marked = [st.node.op for st in plan.steps if st.node.attrs.get("_blocked")]
+    assert marked.count("Mul") == 3 and marked.count("GlobalAveragePool") == 4  # the head's pool too
+    assert marked.count("Conv") == 10  # the first 1x1 on: every 1x1 and depthwise conv, SE convs excepted
+    from bninfer.plan import Plan
+    nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
+    np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_mul_that_is_not_per_channel_or_shared_keeps_its_value_nchw():
+    b = Builder(6)
+    x = b.conv("x", 3, 16, k=1)
+    h = b.conv(b.conv(x, 16, 32, k=1), 32, 32, k=3, group=32)
+    g = b.node("Mul", [h, b.conv(x, 16, 32, k=1)])  # a full tensor, not one factor per channel
+    y = b.conv(g, 32, 16, k=1)
+    model = b.model({"x": [1, 3, 8, 8]}, [y])
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    sess, _ = _check(model, feeds)
+    assert not _marks(sess, "Mul") and not _marks(sess)[-1].y  # the depthwise conv writes NCHW for the Mul
+    b = Builder(7)
+    x = b.conv("x", 3, 16, k=1)
+    h = b.conv(b.conv(x, 16, 32, k=1), 32, 32, k=3, group=32)
+    s = b.node("Sigmoid", [b.conv(b.node("GlobalAveragePool", [h]), 32, 32, k=1)])
+    g = b.node("Mul", [h, s])
+    model = b.model({"x": [1, 3, 8, 8]}, [b.conv(g, 32, 16, k=1), g])  # the Mul's output is a graph output
+    sess, _ = _check(model, feeds)
+    assert not _marks(sess, "Mul") and not _marks(sess, "GlobalAveragePool")

@@ -20,6 +20,8 @@ from .conv_direct import _FASTMATH, stack_f32
 
 CB = 16
 _KERNELS: dict = {}
+_A = types.float32[::1]
+_I = types.int64
 
 
 def blocks(c: int) -> int:
@@ -70,6 +72,53 @@ def from_blocked(x, out, C, P):
             for p in range(P):
                 up = np.uint64(p)
                 out[oc + up] = x[xb + up * u16 + np.uint64(c)]
+
+
+# -- squeeze-excitation: the mean of each channel, and a product by one factor per channel --------------
+
+_GAP_CHUNK = 64  # pixels summed in float32 registers before their sum joins the float64 one
+
+
+@njit(cache=True, nogil=True)
+def global_avg(x, out, C, P):
+    """x (NB, P, 16) flat -> out (C,) the mean of each channel: float32 sums of up to 64 pixels, added up
+    in float64. (Compile with compile_now: the SLP vectorizer keeps the partial sums in a register.)"""
+    part = stack_f32(CB)
+    acc = np.empty(CB, np.float64)
+    for b in range((C + CB - 1) // CB):
+        acc[:] = 0.0
+        for p0 in range(0, P, _GAP_CHUNK):
+            for c in range(CB):
+                part[c] = 0.0
+            for p in range(p0, min(p0 + _GAP_CHUNK, P)):
+                u = np.uint64((b * P + p) * CB)
+                for c in range(CB):
+                    part[c] += x[u + np.uint64(c)]
+            for c in range(CB):
+                acc[c] += part[c]
+        for c in range(min(CB, C - b * CB)):
+            out[b * CB + c] = acc[c] / P
+
+
+@njit(cache=True, nogil=True)
+def scale_channels(x, s, out, NB, P):
+    """out = x * s for x and out (NB, P, 16) flat, s the NB * 16 per-channel factors (padded_vector).
+    (compile_now: one vector multiply a pixel; every load before any store, or SLP gives up.)"""
+    v = stack_f32(CB)
+    f = stack_f32(CB)
+    for b in range(NB):
+        for c in range(CB):
+            f[c] = s[b * CB + c]
+        for p in range(P):
+            u = np.uint64((b * P + p) * CB)
+            for c in range(CB):
+                v[c] = x[u + np.uint64(c)] * f[c]
+            for c in range(CB):
+                out[u + np.uint64(c)] = v[c]
+
+
+GAP_SIG = (_A, _A, _I, _I)
+SCALE_SIG = (_A, _A, _A, _I, _I)
 
 
 # -- 1x1 convolution --------------------------------------------------------------------------------
@@ -177,8 +226,6 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
     return kern
 
 
-_A = types.float32[::1]
-_I = types.int64
 PW_SIG = (_A, _A, _A, _I, _I, _I, types.int64[::1], _I, _A, _A, types.boolean, _A, types.float64, types.boolean,
           _A, _A)
 

@@ -140,6 +140,9 @@ def _mod(node):
 
 @register(*_BINARY, "Sum", "Mean", infer=_variadic_infer)
 def _binary(node, ins, outs):
+    if node.attrs.get("_blocked"):  # squeeze-excitation's Mul on a blocked value (bninfer.passes.layout)
+        from . import excite_blocked
+        return excite_blocked.build(node, ins, outs)
     if node.op in ("Sum", "Mean"):
         fn = np.add
     elif node.op == "Div":

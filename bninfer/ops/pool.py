@@ -172,6 +172,9 @@ def _global_infer(node, ins):
 
 @register("GlobalAveragePool", "GlobalMaxPool", infer=_global_infer)
 def _global(node, ins, outs):
+    if node.attrs.get("_blocked"):  # reads a blocked value (bninfer.passes.layout)
+        from . import excite_blocked
+        return excite_blocked.build(node, ins, outs)
     require_float32(node, ins[:1])
     shape = ins[0].shape
     planes = int(shape[0]) * int(shape[1])

@@ -1,16 +1,17 @@
 """Channel-blocked values between depthwise-separable convolutions (run by the plan, on its own copy).
 
-A value becomes blocked, stored (N, ceil(C / 16), H, W, 16) (bninfer.kernels.blocked), when the Conv that
-makes it and every node that reads it take the blocked kernels (bninfer.ops.conv.blocked_kind: 1x1 and
-depthwise convs with an inlined activation), and the chain of such values it belongs to holds a
+A value becomes blocked, stored (N, ceil(C / 16), H, W, 16) (bninfer.kernels.blocked), when the node that
+makes it and every node that reads it take the blocked kernels (the members: 1x1 and depthwise convs,
+bninfer.ops.conv_blocked.blocked_kind; squeeze-excitation's GlobalAveragePool, which only reads one, and
+per-channel Mul, bninfer.ops.excite_blocked.se_kind), and the chain of such values it belongs to holds a
 depthwise conv: the blocked depthwise kernel is what pays for the layout. 1x1-only chains (ResNet's
 bottlenecks) stay NCHW, as their neighbours, the 3x3 kernels, read and write it.
 
 A blocked chain's first 1x1 reads NCHW as it is (its inputs are broadcast either way); a depthwise conv
-joins only with a blocked input. A value read only by depthwise convs with the same pads is stored with
+joins only with a blocked input, a Mul only with a blocked input and output. A value read only by depthwise convs with the same pads is stored with
 that zero border, (N, NB, H + pads, W + pads, 16): its producer writes straight into the padded buffer
 and the depthwise kernel reads it as it is. A chain member whose output leaves the chain writes NCHW
-through a scratch (the network's last 1x1 before its pooling). The pass marks each member conv with
+through a scratch (the network's last 1x1 before its pooling). The pass marks each member with
 attrs["_blocked"] (a Marks) and gives blocked values their stored shape; the optimized graph the session
 shows (and saves) stays plain NCHW.
 """
@@ -20,42 +21,50 @@ from ..ir import Graph
 from ..kernels.blocked import CB, blocks
 from ..ops import fusion
 from ..ops.conv_blocked import Marks, blocked_kind, pads_of
+from ..ops.excite_blocked import scaled_input, se_kind
 
 ATTR = "_blocked"
 
 
 def run(graph: Graph) -> Graph:
-    """A copy of `graph` with blocked values and marked convs; `graph` itself unchanged."""
+    """A copy of `graph` with blocked values and marked nodes; `graph` itself unchanged."""
     kinds = {}
     for node in graph.nodes:
-        kind = blocked_kind(node, [graph.values[i] if i else None for i in node.inputs])
+        ins = [graph.values[i] if i else None for i in node.inputs]
+        kind = blocked_kind(node, ins) or se_kind(node, ins)
         if kind is not None:
             kinds[node.name] = kind
+    # the input a member reads blocked: a conv's X, a GlobalAveragePool's input, a Mul's scaled value
+    main = {node.name: scaled_input(node, [graph.values[i] for i in node.inputs]) if kinds[node.name] == "scale"
+            else 0 for node in graph.nodes if node.name in kinds}
     outputs = set(graph.outputs)
 
     def reads_ok(value: str) -> bool:
-        """Every reader of `value` is a member that reads it as X or as its residual only."""
+        """Every reader of `value` is a member that reads it where it can read a blocked value: a conv's X
+        or residual, the input of a GlobalAveragePool, the scaled value of a Mul."""
         for node in graph.consumers(value):
             if node.name not in kinds:
                 return False
-            res = fusion.extra(node, "residual")
-            if any(name == value and k not in (0, res) for k, name in enumerate(node.inputs)):
+            res = fusion.extra(node, "residual") if kinds[node.name] in ("pw", "dw") else None
+            if any(name == value and k not in (main[node.name], res) for k, name in enumerate(node.inputs)):
                 return False
         return True
 
     def blocked_values() -> set[str]:
         found = set()
         for node in graph.nodes:
-            if node.name in kinds:
+            if kinds.get(node.name) not in (None, "gap"):  # a mean per channel is no image to block
                 y = node.outputs[0]
                 if y not in outputs and graph.consumers(y) and reads_ok(y):
                     found.add(y)
         return found
 
-    # a depthwise conv joins only with a blocked input: drop those without until nothing changes
+    # a depthwise conv or a Mul joins only with a blocked input, a Mul only with a blocked output: drop
+    # those without until nothing changes
     while True:
         blocked = blocked_values()
-        lone = [n.name for n in graph.nodes if kinds.get(n.name) == "dw" and n.inputs[0] not in blocked]
+        lone = [n.name for n in graph.nodes if kinds.get(n.name) in ("dw", "scale")
+                and (n.inputs[main[n.name]] not in blocked or kinds[n.name] == "scale" and n.outputs[0] not in blocked)]
         if not lone:
             break
         for name in lone:
@@ -83,6 +92,8 @@ def run(graph: Graph) -> Graph:
     pads = {}
     for value in blocked:
         readers = graph.consumers(value)
+        if kinds[graph.producer(value).name] not in ("pw", "dw"):
+            continue  # only the conv kernels write a border
         # a depthwise reader that also adds the value as its residual reads it unpadded there
         found = {pads_of(n, [graph.values[i] if i else None for i in n.inputs])
                  if kinds[n.name] == "dw" and n.inputs.count(value) == 1 else None for n in readers}
@@ -92,6 +103,10 @@ def run(graph: Graph) -> Graph:
     g = graph.copy()
     for node in g.nodes:
         if node.name not in kinds:
+            continue
+        if kinds[node.name] in ("gap", "scale"):
+            if node.inputs[main[node.name]] in blocked:  # (a Mul's output then is too)
+                node.attrs[ATTR] = Marks(True, False, kinds[node.name] == "scale", None, None)
             continue
         res = fusion.extra(node, "residual")
         x, y = node.inputs[0], node.outputs[0]
