@@ -16,6 +16,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .kernel_cache import named
+
 NONE, RELU, LEAKY_RELU, PRELU, SIGMOID, TANH, HARD_SIGMOID, HARD_SWISH, SWISH, CLIP, ELU, SELU, CELU, \
     GELU, GELU_TANH, MISH, SOFTPLUS, SOFTSIGN = range(18)
 
@@ -300,6 +302,7 @@ def _make_span(code: int):
     CODE = code
 
     @njit(cache=True, fastmath={"contract"})
+    @named("span", code)
     def span(buf, start, stop, alpha, hi, beta, has_post, s, t):
         # unsigned indices: no negative-index wraparound select, which would keep the loop scalar
         if has_post:

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 import numba
 from numba.core import caching
@@ -73,3 +74,18 @@ def install() -> None:
 
 
 install()
+
+
+def named(factory: str, key) -> Callable:
+    """Decorator for a function a factory makes (one per key): a qualified name of its own, from the
+    factory and the key. Numba names compiled code after the qualified name and a per-process counter,
+    and a cached function keeps the name it was compiled under: two closures of one factory compiled
+    in different processes could load under one symbol, and a kernel would then call the other's
+    code (a cached conv with Celu ran another code's activation span)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    name = "_".join([factory] + [str(p) for p in parts])
+
+    def deco(fn):
+        fn.__name__ = fn.__qualname__ = name
+        return fn
+    return deco

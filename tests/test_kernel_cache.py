@@ -61,3 +61,22 @@ def test_stamp_changes_when_an_inlined_source_changes(tmp_path, monkeypatch):
         assert kernel_cache.sources_hash() != before
     finally:
         kernel_cache.sources_hash.cache_clear()
+
+
+def test_factory_made_kernels_have_names_of_their_own():
+    """Numba names compiled code after the function's qualified name and a per-process counter, and a
+    cached function keeps the name it was compiled under: closures of one factory compiled in different
+    processes loaded under one symbol, and a cached Celu conv ran another activation's span. Each
+    function a factory makes is therefore named after its factory and key."""
+    from bninfer import activations as A
+    from bninfer.kernels import blocked, conv_direct, depthwise, winograd
+    names = [d.py_func.__qualname__ for d in A.SPANS.values()]
+    assert len(set(names)) == len(names) and all(n.startswith("span_") for n in names)
+    kernels = [blocked.pointwise_kernel(2, 10, A.RELU, cache=False), blocked.pointwise_kernel(1, 14, A.RELU, cache=False),
+               blocked.depthwise_kernel(3, 3, 1, 1, 1, 1, 8, A.SWISH, cache=False),
+               conv_direct.rowvec_kernel(3, 3, 1, 1, 1, 1, 4, 16, A.CELU, cache=False),
+               depthwise.depthwise_kernel(3, 3, 1, 1, 8, A.SWISH, cache=False),
+               winograd.winograd_kernel(4, A.RELU, cache=False)]
+    names = [k.py_func.__qualname__ for k in kernels]
+    assert len(set(names)) == len(names) and "<locals>" not in "".join(names)
+    assert names[0] == "pointwise_kernel_pw_2_10_1_True"

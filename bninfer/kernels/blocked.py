@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
+from ..kernel_cache import named
 from ..activations import INLINE_CODES, NONE, activate_inline, activate_span, compile_span
 from .conv_direct import _FASTMATH, stack_f32
 
@@ -170,6 +171,7 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
     NACC = COB * RP
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    @named("pointwise_kernel", key)
     def kern(x, w, out, CIN, NOB, P, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
         hi, a0, one, zero = np.float32(beta), alpha[0], np.float32(1.0), np.float32(0.0)
         acc = stack_f32(NACC)
@@ -300,6 +302,7 @@ def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
     copy_span.compile(COPY_SIG)  # loop-vectorized, outside the kernels' vectorizer settings
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    @named("depthwise_kernel", key)
     def kern(x, xp, w, out, NB, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW, bias, res, has_res, alpha,
              beta, has_post, ps, pt):
         hi, a0, one, zero = np.float32(beta), alpha[0], np.float32(1.0), np.float32(0.0)

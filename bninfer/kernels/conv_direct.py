@@ -36,6 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
+from ..kernel_cache import named
 from ..activations import INLINE_CODES, activate_inline, activate_planes, compile_span, prologue_span
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
@@ -146,6 +147,7 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    @named("direct_kernel", key)
     def kern(xp, w, out, CINB, Hp, Wp, COUT, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0):
         nob = (COUT + COB - 1) // COB
         P = OH * OW
@@ -238,6 +240,7 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, cache=True):
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    @named("pointwise_kernel", key)
     def kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0, psc, psh, pal,
              pbeta):
         nob = (COUT + COT - 1) // COT
@@ -325,6 +328,7 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    @named("rowvec_kernel", key)
     def kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
         nob = (COUT + COT - 1) // COT
         P = OH * OW

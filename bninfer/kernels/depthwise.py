@@ -15,6 +15,7 @@ import sys
 import numpy as np
 from numba import njit, types
 
+from ..kernel_cache import named
 from ..activations import INLINE_CODES, activate_inline, activate_planes, compile_span, prologue_span
 from .conv_direct import _FASTMATH, stack_f32
 
@@ -142,6 +143,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4):
     NACC = RH * RW
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    @named("depthwise_kernel", key)
     def kern(x, xp, w, out, C, H, W, Hp, Wq, PH, PW, OH, OW, bias, res, has_res, alpha, beta, has_post, ps,
              pt, has_pre, qs, qt, qcode, qa, qbeta):
         P = OH * OW
@@ -231,6 +233,7 @@ def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):
     KWS = DW * CB
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    @named("blocked_kernel", key)
     def kern(xp, w, out, C, Hp, Wp, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
         ncb = (C + CB - 1) // CB
         P = OH * OW

@@ -35,6 +35,7 @@ import numba
 import numpy as np
 from numba import njit, types
 
+from ..kernel_cache import named
 from ..activations import CLIP, NONE, RELU, activate
 from .conv_direct import _FASTMATH, _lock, stack_f32
 
@@ -134,6 +135,7 @@ def gemm_kernel(RT, cache=True):
     NACC = RT * COB
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    @named("gemm_kernel", key)
     def gemm(V, U, M, CINP, NOB, KTP):
         acc = stack_f32(NACC)
         COUTP = NOB * COB
@@ -174,6 +176,7 @@ def out_kernel(ACT, cache=True):
         return k
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
+    @named("out_kernel", key)
     def wout(M, out, th0, nth, TW, KTP, COUT, COUTP, OH, OW, bp, ap, beta, res, has_res, has_post, ps, pt,
              Y):
         hi = np.float32(beta)
@@ -353,7 +356,7 @@ def winograd_kernel(RT, ACT, cache=True):
     fn = types_.FunctionType(kern.__code__, ns, kern.__name__, kern.__defaults__, kern.__closure__)
     fn.__qualname__ = kern.__qualname__
     assert {c.cell_contents for c in fn.__closure__} == {RT, ACT}
-    kern = njit(cache=cache, nogil=True, fastmath=_FASTMATH)(fn)
+    kern = njit(cache=cache, nogil=True, fastmath=_FASTMATH)(named("winograd_kernel", key)(fn))
     if cache:
         _KERNELS[key] = kern
     return kern
