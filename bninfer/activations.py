@@ -358,6 +358,13 @@ def activate_planes(code, out, c0, c1, P, alpha, hi, beta, has_post, ps, pt):
 
 
 @njit(inline="always", cache=True)
+def has_span(code):
+    """Whether `code` has a loop-vectorized span in SPANS (activate_span runs the others in a scalar loop)."""
+    return (code == SIGMOID or code == SWISH or code == TANH or code == HARD_SIGMOID or code == HARD_SWISH
+            or code == ELU or code == SELU or code == CELU or code == SOFTSIGN)
+
+
+@njit(inline="always", cache=True)
 def activate_span(code, out, b, e, a, hi, beta, has_post, s, t):
     """out[b:e] = act(out[b:e]) (then * s + t with has_post) through the loop-vectorized span of `code`
     (a compile-time constant in the kernels: only its own branch survives; compile_span(code) first).

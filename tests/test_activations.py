@@ -142,3 +142,7 @@ def test_the_span_loop_is_vector_code():
     packed = [line for line in asm.splitlines() if "ps\t%ymm" in line or "ps\t%zmm" in line]
     assert len(packed) > 10, "the SiLU loop stayed scalar"
     assert "call" not in "".join(line for line in asm.splitlines() if "exp" in line)
+
+
+def test_has_span_names_the_codes_with_a_span():
+    assert [c for c in range(32) if A.has_span(c)] == sorted(A.SPANS)

@@ -20,6 +20,19 @@ def test_conv_bn_activation_is_one_kernel(op, attrs):
     assert counts(sess) == {"Conv": 1}
 
 
+@pytest.mark.parametrize("op,attrs", [a for a in ACTS if a[0] in ("Sigmoid", "HardSwish", "Elu", "Selu", "Tanh")],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("cin,cout,size,batch", [(96, 24, 1, 2), (8, 40, 1, 1), (8, 16, 4, 1)])
+def test_activation_spans_on_blas_convs_with_an_affine_after_them(op, attrs, cin, cout, size, batch):
+    """The BLAS path's epilogue: squeeze-excitation's 1x1 convs of one output pixel (one span over all
+    channels, the affine after it per channel) and 1x1 convs of few input channels (a span a row)."""
+    b = Builder(3)
+    y = b.bn(b.node(op, [b.bn(b.conv("x", cin, cout, k=1), cout)], **attrs), cout)  # BN -> act -> BN
+    x = randn(batch, cin, size, size, seed=2) * 3
+    sess = check(b.model({"x": [batch, cin, size, size]}, [y], opset=22), {"x": x})
+    assert counts(sess) == {"Conv": 1}
+
+
 def test_clip_relu6_with_constant_bounds_fuses():
     b = Builder()
     lo, hi = b.const("lo", np.float32(0)), b.const("hi", np.float32(6))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..activations import CLIP, NONE, RELU, apply, prologue_span
+from ..activations import CLIP, NONE, RELU, activate_span, apply, has_span, prologue_span
 
 GEOM_LEN = 20
 
@@ -81,11 +81,34 @@ def _epilogue_row(acc, out, b, res, has_res, code, a, beta, has_post, ps, pt):
 def epilogue(x, out, channels, inner, bias, residual, has_residual, code, alpha, beta, has_post,
              post_scale, post_shift):
     """The fused epilogue over an (outer, channels, inner) flat array (x may be out):
-    out = post_scale[c] * act(x + bias[c] + residual, alpha[c], beta) + post_shift[c]."""
+    out = post_scale[c] * act(x + bias[c] + residual, alpha[c], beta) + post_shift[c]. The activations
+    with a vectorized span (activations.SPANS) run it: per channel row, or once over all channels when
+    rows are shorter than a vector (a squeeze-excitation conv's 1x1 output; alpha is the same for every
+    channel of these codes)."""
     outer = x.size // (channels * inner)
+    if has_span(code) and inner < 16:
+        n = channels * inner
+        one, zero, hi = np.float32(1.0), np.float32(0.0), np.float32(beta)
+        for o in range(outer):
+            base = o * n
+            for i in range(n):
+                v = x[base + i] + bias[i // inner]
+                out[base + i] = v + residual[base + i] if has_residual else v
+            activate_span(code, out, base, base + n, np.float32(alpha[0]), hi, np.float64(beta), has_post, one, zero)
+            if has_post:
+                for i in range(n):
+                    out[base + i] = out[base + i] * post_scale[i // inner] + post_shift[i // inner]
+        return
     for o in range(outer):
         for c in range(channels):
             p = (o * channels + c) * inner
+            if has_span(code):
+                for j in range(p, p + inner):
+                    v = x[j] + bias[c]
+                    out[j] = v + residual[j] if has_residual else v
+                activate_span(code, out, p, p + inner, np.float32(alpha[c]), np.float32(beta), np.float64(beta),
+                              has_post, np.float32(post_scale[c]), np.float32(post_shift[c]))
+                continue
             r = residual[p:p + inner] if has_residual else residual
             _epilogue_row(x[p:p + inner], out[p:p + inner], bias[c], r, has_residual, code, alpha[c], beta,
                           has_post, post_scale[c], post_shift[c])

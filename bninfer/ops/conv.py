@@ -12,7 +12,8 @@ Conv paths (batch 1 float32 single thread; ratios to onnxruntime in benchmarks/c
   * dense (group 1) 1-D/2-D with constant weights: with at most 4 input channels (stems)
     kernels.conv_direct.rowvec_kernel (vectors along the output row); otherwise the register-tiled
     direct kernel kernels.conv_direct.direct_kernel on a padded copy of the input (1x1 convs below 64
-    input channels that the pointwise kernel does not take stay on BLAS);
+    input channels that the pointwise kernel does not take, and 1x1 convs of one output pixel
+    (squeeze-excitation: a matrix-vector product), stay on BLAS);
   * dense 2-D 3x3, stride 1, dilation 1, at least 32 input channels, outputs at least 8x8: Winograd
     F(2x2, 3x3), kernels.winograd (see `_use_winograd`: 1.5-1.7x the direct kernel on ResNet's layers);
   * depthwise (multiplier 1) 1-D/2-D with constant weights: kernels.depthwise, vectors along the row for
@@ -701,7 +702,7 @@ def _conv(node, ins, outs):
             and np.prod(out_shape) > 0 and _PW_TILE and (P >= 4 * _PW_TILE[1] or P % _PW_TILE[1] == 0):
         return _pointwise_conv(g, ep, pro, bias, wdata)
     if wdata is not None and not depthwise and G == 1 and g.nsp <= 2 and np.prod(out_shape) > 0 \
-            and (ksize > 1 or g.in_channels >= _DIRECT_1X1_MIN_CIN):
+            and (ksize > 1 or g.in_channels >= _DIRECT_1X1_MIN_CIN and P > 1):
         if g.in_channels <= _ROWVEC_MAX_CIN and ksize > 1:
             return _rowvec_conv(g, ep, pro, bias, wdata)
         if _use_winograd(g):  # Winograd hook
