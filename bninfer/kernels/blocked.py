@@ -134,15 +134,14 @@ def pack_weights_pw(w: np.ndarray, nb: int) -> np.ndarray:
     return np.ascontiguousarray(full.reshape(nob // nb, nb * CB, cin).transpose(0, 2, 1)).reshape(-1)
 
 
-def pick_pw_tile(nob: int, P: int) -> tuple[int, int]:
-    """(NB, RP): output blocks x pixels of the register tile, 20 or so accumulators. NB divides the
-    layer's blocks (every tile whole in channels); RP wastes the least of the last pixel tile. Two
-    blocks x 10 pixels and one x 14 ran at 90-110 GFLOP/s on MobileNet's 1x1 layers; three or four
-    blocks fell to 7-25 (the SLP vectorizer gave up on the tile). P >= PW_MIN_PIXELS: a fixed set of
-    tiles, so a fixed set of kernels to compile."""
-    nb = 2 if nob % 2 == 0 else 1
-    choices = (10, 8) if nb == 2 else (14, 12)
-    return nb, min(choices, key=lambda r: (-(-P // r) * r, -r))
+def pw_tiles(nob: int) -> list[tuple[int, int, int, int]]:
+    """How a 1x1 conv of nob output blocks is tiled: (NB, RP, first block, blocks) per kernel. Pairs
+    of blocks take tiles of 2 blocks x 8 pixels (95-110 GFLOP/s on MobileNet's and EfficientNet's
+    1x1 layers since the store is one vector per pixel and block; 2 x 10 ran 5-40 % slower); an odd
+    last block takes 1 x 14 (75-110). Three or four blocks fell to 7-25 (the SLP vectorizer gives up
+    on the tile). A fixed set of tiles (P >= PW_MIN_PIXELS), so a fixed set of kernels to compile."""
+    tiles = [(2, 8, 0, nob - nob % 2)] if nob >= 2 else []
+    return tiles + ([(1, 14, nob - 1, 1)] if nob % 2 else [])
 
 
 PW_MIN_PIXELS = 14
@@ -175,6 +174,7 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
     def kern(x, w, out, CIN, NOB, P, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
         hi, a0, one, zero = np.float32(beta), alpha[0], np.float32(1.0), np.float32(0.0)
         acc = stack_f32(NACC)
+        v = stack_f32(CB)
         ntiles = (P + RP - 1) // RP
         xstep = np.uint64(CB if XB else 1)
         for og in range(NOB // NB):
@@ -198,21 +198,25 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
                     vo = np.uint64(ob * CB)
                     for j in range(RP):
                         uo = np.uint64(ob * yplane + yoff[p0 + j])
-                        for c in range(CB):
-                            acc[j * COB + b * CB + c] += bias[vo + np.uint64(c)]
+                        ur = np.uint64((ob * P + p0 + j) * CB)
+                        # one straight 16-lane expression into v, then the store: the SLP vectorizer makes each one
+                        # vector (bias, residual and activation added into acc lane loop by lane loop came out as 8-, 4-
+                        # and 1-lane pieces shuffled together; a store to out inside the expression kept it scalar, as out
+                        # might alias the vectors read; an inline helper taking the arrays paid reference counts per call)
                         if has_res:
-                            ur = np.uint64((ob * P + p0 + j) * CB)
                             for c in range(CB):
-                                acc[j * COB + b * CB + c] += res[ur + np.uint64(c)]
-                        for c in range(CB):
-                            acc[j * COB + b * CB + c] = activate_inline(IACT, acc[j * COB + b * CB + c],
-                                                                        alpha[vo + np.uint64(c)], hi, beta)
+                                u = np.uint64(c)
+                                v[c] = activate_inline(IACT, acc[j * COB + b * CB + c] + bias[vo + u] + res[ur + u], alpha[vo + u], hi, beta)
+                        else:
+                            for c in range(CB):
+                                u = np.uint64(c)
+                                v[c] = activate_inline(IACT, acc[j * COB + b * CB + c] + bias[vo + u], alpha[vo + u], hi, beta)
                         if has_post:
                             for c in range(CB):
-                                acc[j * COB + b * CB + c] = (acc[j * COB + b * CB + c] * ps[vo + np.uint64(c)]
-                                                             + pt[vo + np.uint64(c)])
+                                u = np.uint64(c)
+                                v[c] = v[c] * ps[vo + u] + pt[vo + u]
                         for c in range(CB):
-                            out[uo + np.uint64(c)] = acc[j * COB + b * CB + c]
+                            out[uo + np.uint64(c)] = v[c]
                     if IACT != ACT:  # the activation over the tile's runs of adjacent pixels
                         r0 = ob * yplane + yoff[p0]
                         r1 = r0 + CB
@@ -307,6 +311,7 @@ def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
              beta, has_post, ps, pt):
         hi, a0, one, zero = np.float32(beta), alpha[0], np.float32(1.0), np.float32(0.0)
         acc = stack_f32(NACC)
+        v = stack_f32(CB)
         row = W * CB
         for b in range(NB):
             if PADDED:
@@ -335,20 +340,25 @@ def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
                                     acc[px * CB + c] += src[xo + np.uint64(px * SW * CB + c)] * w[wo + np.uint64(c)]
                     for px in range(RW):
                         uo = np.uint64(((b * OHp + oh + QH) * OWp + QW + ow0 + px) * CB)
-                        for c in range(CB):
-                            acc[px * CB + c] += bias[vo + np.uint64(c)]
+                        ur = np.uint64(((b * OH + oh) * OW + ow0 + px) * CB)
+                        # one straight 16-lane expression into v, then the store: the SLP vectorizer makes each one
+                        # vector (bias, residual and activation added into acc lane loop by lane loop came out as 8-, 4-
+                        # and 1-lane pieces shuffled together; a store to out inside the expression kept it scalar, as out
+                        # might alias the vectors read; an inline helper taking the arrays paid reference counts per call)
                         if has_res:
-                            ur = np.uint64(((b * OH + oh) * OW + ow0 + px) * CB)
                             for c in range(CB):
-                                acc[px * CB + c] += res[ur + np.uint64(c)]
-                        for c in range(CB):
-                            acc[px * CB + c] = activate_inline(IACT, acc[px * CB + c], alpha[vo + np.uint64(c)],
-                                                               hi, beta)
+                                u = np.uint64(c)
+                                v[c] = activate_inline(IACT, acc[px * CB + c] + bias[vo + u] + res[ur + u], alpha[vo + u], hi, beta)
+                        else:
+                            for c in range(CB):
+                                u = np.uint64(c)
+                                v[c] = activate_inline(IACT, acc[px * CB + c] + bias[vo + u], alpha[vo + u], hi, beta)
                         if has_post:
                             for c in range(CB):
-                                acc[px * CB + c] = acc[px * CB + c] * ps[vo + np.uint64(c)] + pt[vo + np.uint64(c)]
+                                u = np.uint64(c)
+                                v[c] = v[c] * ps[vo + u] + pt[vo + u]
                         for c in range(CB):
-                            out[uo + np.uint64(c)] = acc[px * CB + c]
+                            out[uo + np.uint64(c)] = v[c]
                     if IACT != ACT:
                         u0 = ((b * OHp + oh + QH) * OWp + QW + ow0) * CB
                         activate_span(ACT, out, u0, u0 + RW * CB, a0, hi, beta, has_post, one, zero)

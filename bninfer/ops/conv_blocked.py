@@ -141,29 +141,42 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     P = OH * OW
     yoff, yplane = BK.out_offsets(OH, OW, y_pads)
     nob = BK.blocks(cout)
-    nb, rp = BK.pick_pw_tile(nob, P)
-    kern = BK.pointwise_kernel(nb, rp, ep.code, x_blocked)
-    CD.compile_now(kern, BK.PW_SIG)
-    w = BK.pack_weights_pw(np.asarray(wdata, np.float32).reshape(cout, cin), nb)
+    w = np.zeros((nob * BK.CB, cin), np.float32)
+    w[:cout] = np.asarray(wdata, np.float32).reshape(cout, cin)
+    # one kernel per run of blocks (pairs, then an odd last one): (kernel, nb, first block, packed weights)
+    runs = []
+    for nb, rp, first, count in BK.pw_tiles(nob):
+        kern = CD.compile_now(BK.pointwise_kernel(nb, rp, ep.code, x_blocked), BK.PW_SIG)
+        rows = w[first * BK.CB:(first + count) * BK.CB]
+        runs.append((kern, nb, first, BK.pack_weights_pw(rows, nb)))
     b, alpha, ps, pt = vec
-    cob = nb * BK.CB
     xs = (BK.blocks(cin) * BK.CB if x_blocked else cin) * P
     ys, rs = nob * yplane, nob * BK.CB * P
-    wgroup = cin * cob
     beta, has_post = ep.beta, ep.has_post
     has_res = ep.residual is not None
+    # the units threads split: one group of nb blocks each, (kernel, nb, first block, weights, offset)
+    units = [(kern, nb, first + k * nb, wk, k * cin * nb * BK.CB)
+             for kern, nb, first, wk in runs for k in range(len(wk) // (cin * nb * BK.CB))]
 
     def part_of(x, r, y, n):
         xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
-        def part(g0, g1):  # groups of nb output blocks [g0, g1)
-            c0, c1, b0, b1 = g0 * cob, g1 * cob, g0 * nb, g1 * nb
-            kern(xn, w[g0 * wgroup:g1 * wgroup], yn[b0 * yplane:b1 * yplane], cin, b1 - b0, P, yoff, yplane,
-                 b[c0:c1], rn[c0 * P:c1 * P] if has_res else rn, has_res, alpha[c0:c1], beta, has_post,
-                 ps[c0:c1], pt[c0:c1])
+        def part(u0, u1):  # units [u0, u1); a kernel's consecutive units in one call
+            u = u0
+            while u < u1:
+                kern, nb, b0, wk, w0 = units[u]
+                v = u + 1
+                while v < u1 and units[v][0] is kern:
+                    v += 1
+                b1 = b0 + (v - u) * nb
+                c0, c1 = b0 * BK.CB, b1 * BK.CB
+                kern(xn, wk[w0:w0 + (v - u) * cin * nb * BK.CB], yn[b0 * yplane:b1 * yplane], cin, b1 - b0, P,
+                     yoff, yplane, b[c0:c1], rn[c0 * P:c1 * P] if has_res else rn, has_res, alpha[c0:c1], beta,
+                     has_post, ps[c0:c1], pt[c0:c1])
+                u = v
         return part
-    return part_of, nob // nb, cout * cin * P
+    return part_of, len(units), cout * cin * P
 
 
 def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
