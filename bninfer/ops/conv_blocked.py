@@ -210,5 +210,7 @@ def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
                  rn[b0 * rblock:b1 * rblock] if has_res else rn, has_res, alpha[c0:c1], beta, has_post,
                  ps[c0:c1], pt[c0:c1])
         return part
-    # depthwise layers run at a tenth of a dense layer's speed: their work counts ten times
-    return part_of, nb, 10 * C * OH * OW * KH * KW
+    # the blocked depthwise kernel runs at about half a 1x1 layer's speed: its work counts twice. (Ten
+    # times, as for the NCHW kernel, split 25 us layers in two: handing a part to a worker costs 10-20 us
+    # here, and MobileNetV2's 14x14 depthwise layers ran twice as long on two threads as on one.)
+    return part_of, nb, 2 * C * OH * OW * KH * KW
