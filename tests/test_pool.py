@@ -10,7 +10,7 @@ from onnx.reference import ReferenceEvaluator
 from bninfer import ops
 from bninfer.errors import ModelError, UnsupportedOperatorError
 from bninfer.ir import Node, Value
-from tests.util import assert_matches_ort, make_model, randn, run_bn
+from tests.util import assert_matches_ort, make_model, randn, run_bn, run_ort
 
 
 def pool_model(op, shape, opset=19, **attrs):
@@ -176,15 +176,21 @@ def test_maxpool_nan_propagates(shape, attrs):
     ((2, 3, 9, 8), dict(kernel_shape=[3, 2], strides=[3, 2])),
     ((1, 4, 10), dict(kernel_shape=[2], strides=[2])),
 ])
-def test_maxpool_tiling_windows_take_the_tiled_kernel(shape, attrs, monkeypatch):
-    """Windows that tile the input (stride = kernel, no padding) run max_pool_tiled; trailing rows and
-    columns no window covers are left out."""
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_tiling_windows_take_the_tiled_kernel(shape, attrs, op, monkeypatch):
+    """Windows that tile the input (stride = kernel, no padding) run max_pool_tiled / avg_pool_tiled;
+    trailing rows and columns no window covers are left out."""
     from bninfer.ops import pool
     monkeypatch.setattr(pool.K, "pool", None)  # the generic kernel would raise
     x = randn(*shape)
     k = len(attrs["kernel_shape"])
-    expected = numpy_pool(x, "MaxPool", attrs["kernel_shape"], attrs["strides"], [1] * k, [0] * k, [0] * k)
-    np.testing.assert_array_equal(run_bn(pool_model("MaxPool", shape, **attrs), {"x": x})[0], expected)
+    expected = numpy_pool(x, op, attrs["kernel_shape"], attrs["strides"], [1] * k, [0] * k, [0] * k)
+    got = run_bn(pool_model(op, shape, **attrs), {"x": x})[0]
+    if op == "MaxPool":
+        np.testing.assert_array_equal(got, expected)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got, run_ort(pool_model(op, shape, **attrs), {"x": x})[0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,attrs", [

@@ -138,10 +138,12 @@ def _pool(node, ins, outs):
     D, H, W = w.in_size
     OD, OH, OW = w.out_size
     kd, kh, kw = w.kernel
-    if (is_max and D == OD == kd == 1 and tuple(w.strides) == (1, kh, kw) and not any(w.pads_begin)
+    if (D == OD == kd == 1 and tuple(w.strides) == (1, kh, kw) and not any(w.pads_begin)
             and not any(w.pads_end) and tuple(w.dilations) == (1, 1, 1) and OH * kh <= H and OW * kw <= W):
-        def run_tiled(i, o):  # windows that tile the input
-            K.max_pool_tiled(_flat(i[0]), o[0].reshape(-1), planes, H, W, OH, OW, kh, kw)
+        tiled = K.max_pool_tiled if is_max else K.avg_pool_tiled
+
+        def run_tiled(i, o):  # windows that tile the input (no padding: count_include_pad changes nothing)
+            tiled(_flat(i[0]), o[0].reshape(-1), planes, H, W, OH, OW, kh, kw)
         return run_tiled
 
     ph, pw = w.pads_begin[1:]
