@@ -167,13 +167,10 @@ def _pool_body(x, out, planes, D, H, W, OD, OH, OW, kd, kh, kw, sd, sh, sw, pd, 
                             out[ob + ow] = LOWEST
 
 
-@njit(cache=True, nogil=True)
-def max_pool_tiled(x, out, planes, H, W, OH, OW, kh, kw):
-    """MaxPool (planes, H, W) -> (planes, OH, OW) whose windows tile the input: stride = kernel, no
-    padding, no dilation (the 2x2/2 pool of LeNet, VGG and U-Net). First the max over each window's
-    rows, a whole row at a time, then over each window's columns, one loop over every plane at once:
-    the generic kernel's six short loops per output row ran scalar remainders on small images."""
-    Wt = OW * kw  # the columns the windows cover
+@njit(cache=True, inline="always")
+def _window_rows(x, planes, H, W, OH, kh, Wt, is_max):
+    """For windows that tile the input: the max (is_max) or sum over each window's kh rows, a whole row
+    at a time, as (planes, OH, Wt) flat."""
     v = np.empty(planes * OH * Wt, np.float32)
     for p in range(planes):
         for oh in range(OH):
@@ -181,7 +178,20 @@ def max_pool_tiled(x, out, planes, H, W, OH, OW, kh, kw):
             dst = (p * OH + oh) * Wt
             _copy(v, dst, x, src, Wt)
             for j in range(1, kh):
-                _max_into(v, dst, x, src + j * W, Wt)
+                if is_max:
+                    _max_into(v, dst, x, src + j * W, Wt)
+                else:
+                    _add_into(v, dst, x, src + j * W, Wt)
+    return v
+
+
+@njit(cache=True, nogil=True)
+def max_pool_tiled(x, out, planes, H, W, OH, OW, kh, kw):
+    """MaxPool (planes, H, W) -> (planes, OH, OW) whose windows tile the input: stride = kernel, no
+    padding, no dilation (the 2x2/2 pool of LeNet, VGG and U-Net). First the max over each window's
+    rows, a whole row at a time, then over each window's columns, one loop over every plane at once:
+    the generic kernel's six short loops per output row ran scalar remainders on small images."""
+    v = _window_rows(x, planes, H, W, OH, kh, OW * kw, True)
     n = uint64(planes * OH * OW)
     if kw == 2:  # a constant stride: LLVM vectorizes the pair loads
         for q in range(n):
@@ -199,19 +209,10 @@ def max_pool_tiled(x, out, planes, H, W, OH, OW, kh, kw):
 
 @njit(cache=True, nogil=True)
 def avg_pool_tiled(x, out, planes, H, W, OH, OW, kh, kw):
-    """AveragePool (planes, H, W) -> (planes, OH, OW) whose windows tile the input (stride = kernel, no
-    padding: DenseNet's 2x2/2 transitions), as max_pool_tiled: the sum over each window's rows a whole
-    row at a time, then over its columns, then times 1 / (kh * kw). (The generic kernel took 6x
+    """AveragePool whose windows tile the input (DenseNet's 2x2/2 transitions), as max_pool_tiled: the
+    sum over each window's rows, then over its columns, times 1 / (kh * kw). (The generic kernel took 6x
     onnxruntime's time on DenseNet's transitions.)"""
-    Wt = OW * kw
-    v = np.empty(planes * OH * Wt, np.float32)
-    for p in range(planes):
-        for oh in range(OH):
-            src = (p * H + oh * kh) * W
-            dst = (p * OH + oh) * Wt
-            _copy(v, dst, x, src, Wt)
-            for j in range(1, kh):
-                _add_into(v, dst, x, src + j * W, Wt)
+    v = _window_rows(x, planes, H, W, OH, kh, OW * kw, False)
     n = uint64(planes * OH * OW)
     scale = np.float32(1.0 / (kh * kw))
     if kw == 2:
