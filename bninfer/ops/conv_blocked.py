@@ -38,8 +38,8 @@ def pads_of(node, ins) -> tuple[int, int, int, int]:
 def blocked_kind(node, ins) -> str | None:
     """"pw" (1x1, stride 1, unpadded, group 1, at least PW_MIN_PIXELS pixels) or "dw" (depthwise,
     multiplier 1, rows of at least DW_MIN_WIDTH) for a 2-D float32 Conv with constant weights and bias,
-    no prologue, no affine after an activation the kernels do not inline (INLINE_CODES) and a residual (if any) of the output's shape;
-    None for any other node."""
+    no prologue, no affine after an activation the kernels do not inline (INLINE_CODES) and a residual
+    (if any) of the output's shape; None for any other node."""
     if node.op != "Conv" or len(ins) < 2 or ins[0] is None or ins[1] is None or ins[1].data is None:
         return None
     try:
