@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from ..kernel_cache import named
 from ..activations import INLINE_CODES, NONE, activate_inline, activate_span, compile_span
+from ..kernel_cache import named
 from .conv_direct import _FASTMATH, stack_f32
 
 CB = 16
@@ -199,18 +199,21 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
                     for j in range(RP):
                         uo = np.uint64(ob * yplane + yoff[p0 + j])
                         ur = np.uint64((ob * P + p0 + j) * CB)
-                        # one straight 16-lane expression into v, then the store: the SLP vectorizer makes each one
-                        # vector (bias, residual and activation added into acc lane loop by lane loop came out as 8-, 4-
-                        # and 1-lane pieces shuffled together; a store to out inside the expression kept it scalar, as out
-                        # might alias the vectors read; an inline helper taking the arrays paid reference counts per call)
+                        # one straight 16-lane expression into v, then the store: the SLP vectorizer
+                        # makes each one vector (bias, residual and activation added into acc lane loop
+                        # by lane loop came out as 8-, 4- and 1-lane pieces shuffled together; a store to
+                        # out inside the expression kept it scalar, as out might alias the vectors read;
+                        # an inline helper taking the arrays paid reference counts on every call)
+                        i = j * COB + b * CB
                         if has_res:
                             for c in range(CB):
                                 u = np.uint64(c)
-                                v[c] = activate_inline(IACT, acc[j * COB + b * CB + c] + bias[vo + u] + res[ur + u], alpha[vo + u], hi, beta)
+                                v[c] = activate_inline(IACT, acc[i + c] + bias[vo + u] + res[ur + u], alpha[vo + u],
+                                                       hi, beta)
                         else:
                             for c in range(CB):
                                 u = np.uint64(c)
-                                v[c] = activate_inline(IACT, acc[j * COB + b * CB + c] + bias[vo + u], alpha[vo + u], hi, beta)
+                                v[c] = activate_inline(IACT, acc[i + c] + bias[vo + u], alpha[vo + u], hi, beta)
                         if has_post:
                             for c in range(CB):
                                 u = np.uint64(c)
@@ -295,8 +298,9 @@ def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
     beta, has_post, ps, pt): a depthwise convolution, blocked in and out, weights from pack_weights_dw.
     PADDED: x is (NB, Hp, Wp, 16) with the zero border the pads need (its producer wrote it so); else x
     is (NB, H, W, 16) and each block is first copied into xp (Hp, Wp, 16), a scratch whose border the
-    caller keeps zero. ACT as for pointwise_kernel. out is (NB, OHp, OWp, 16) with the output at rows QH.., columns QW.. (a border for
-    the next depthwise conv; the residual, if any, is unpadded (NB, OH, OW, 16)). A tile of RW pixels x
+    caller keeps zero. ACT as for pointwise_kernel. out is (NB, OHp, OWp, 16) with the output at rows
+    QH.., columns QW.. (a border for the next depthwise conv; the residual, if any, is unpadded
+    (NB, OH, OW, 16)). A tile of RW pixels x
     16 channels (OW >= RW; the last tile of a row moved back to end at OW)."""
     key = ("dw", KH, KW, SH, SW, DH, DW, RW, ACT, PADDED)
     k = _KERNELS.get(key) if cache else None
@@ -345,7 +349,8 @@ def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
                             uo = np.uint64(((b * OHp + oh + QH) * OWp + QW + ow0 + px) * CB)
                             for c in range(CB):
                                 u = np.uint64(c)
-                                v[c] = activate_inline(IACT, acc[px * CB + c] + bias[vo + u], alpha[vo + u], hi, beta)
+                                v[c] = activate_inline(IACT, acc[px * CB + c] + bias[vo + u], alpha[vo + u], hi,
+                                                       beta)
                             for c in range(CB):
                                 out[uo + np.uint64(c)] = v[c]
                     else:

@@ -94,7 +94,8 @@ def epilogue(x, out, channels, inner, bias, residual, has_residual, code, alpha,
             for i in range(n):
                 v = x[base + i] + bias[i // inner]
                 out[base + i] = v + residual[base + i] if has_residual else v
-            activate_span(code, out, base, base + n, np.float32(alpha[0]), hi, np.float64(beta), has_post, one, zero)
+            activate_span(code, out, base, base + n, np.float32(alpha[0]), hi, np.float64(beta), has_post, one,
+                          zero)
             if has_post:
                 for i in range(n):
                     out[base + i] = out[base + i] * post_scale[i // inner] + post_shift[i // inner]

@@ -8,12 +8,12 @@ depthwise conv: the blocked depthwise kernel is what pays for the layout. 1x1-on
 bottlenecks) stay NCHW, as their neighbours, the 3x3 kernels, read and write it.
 
 A blocked chain's first 1x1 reads NCHW as it is (its inputs are broadcast either way); a depthwise conv
-joins only with a blocked input, a Mul only with a blocked input and output. A value read only by depthwise convs with the same pads is stored with
-that zero border, (N, NB, H + pads, W + pads, 16): its producer writes straight into the padded buffer
-and the depthwise kernel reads it as it is. A chain member whose output leaves the chain writes NCHW
-through a scratch (the network's last 1x1 before its pooling). The pass marks each member with
-attrs["_blocked"] (a Marks) and gives blocked values their stored shape; the optimized graph the session
-shows (and saves) stays plain NCHW.
+joins only with a blocked input, a Mul only with a blocked input and output. A value read only by
+depthwise convs with the same pads is stored with that zero border, (N, NB, H + pads, W + pads, 16): its
+producer (a conv) writes straight into the padded buffer and the depthwise kernel reads it as it is. A
+chain member whose output leaves the chain writes NCHW through a scratch. The pass marks each member
+with attrs["_blocked"] (a Marks) and gives blocked values their stored shape; the optimized graph the
+session shows (and saves) stays plain NCHW.
 """
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def run(graph: Graph) -> Graph:
     while True:
         blocked = blocked_values()
         lone = [n.name for n in graph.nodes if kinds.get(n.name) in ("dw", "scale")
-                and (n.inputs[main[n.name]] not in blocked or kinds[n.name] == "scale" and n.outputs[0] not in blocked)]
+                and (n.inputs[main[n.name]] not in blocked
+                     or kinds[n.name] == "scale" and n.outputs[0] not in blocked)]
         if not lone:
             break
         for name in lone:
