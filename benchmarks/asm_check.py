@@ -47,6 +47,7 @@ def main():
         cases.update(ex)
     cases["pointwise 12ch x 32px clip"] = ("pw", (12, 32, 9))
     cases["pointwise 12ch x 32px relu, relu prologue"] = ("pw", (12, 32, 1, 1))
+    cases["pointwise 16ch x 16px relu + residual"] = ("pw", (16, 16, 1, -1, True))
     cases["rowvec 7x7 s2 8ch x 32px relu"] = ("rowvec", (7, 7, 2, 2, 1, 1, 8, 32, 1))
     cases["rowvec 3x3 s2 8ch x 32px clip"] = ("rowvec", (3, 3, 2, 2, 1, 1, 8, 32, 9))
     cases["depthwise blocked 3x3 s1 16ch x 7px"] = ("dwb", (3, 3, 1, 1, 7, 1))

@@ -166,7 +166,8 @@ def test_pointwise(x_shape, w_shape, attrs):
 
 @pytest.mark.parametrize("P,tile", [(P, t) for t in conv_ops._PW_TILES for P in (16, 17, 32, 33, 63, 100)
                                     if P >= t[1]], ids=str)
-def test_pointwise_kernel_last_tile_overlaps(P, tile):
+@pytest.mark.parametrize("tpc", [0, 1, 2])  # pixels in one chunk, or in chunks of one or two tiles
+def test_pointwise_kernel_last_tile_overlaps(P, tile, tpc):
     """Every P >= the pixel tile, for every tile a layer may choose: the last tile is moved back to end
     at P; its outputs (with residual and a per-channel affine) equal a float64 reference, and nothing
     past P is written."""
@@ -174,11 +175,11 @@ def test_pointwise_kernel_last_tile_overlaps(P, tile):
     cot, pxt = tile
     x, w = randn(cin, P, seed=P), randn(cout, cin, seed=P + 1)
     b, res, ps, pt = randn(cout, seed=2), randn(cout, P, seed=3), randn(cout, seed=4), randn(cout, seed=5)
-    kern = CD.pointwise_kernel(cot, pxt, activations.RELU)  # applied inline in the tile store
+    kern = CD.pointwise_kernel(cot, pxt, activations.RELU, -1, True, True)  # applied inline in the tile store
     CD.compile_now(kern, CD.PW_SIG)
     out = np.full(cout * P + 40, 7.0, np.float32)
-    kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, b, res.reshape(-1), True,
-         np.zeros(cout, np.float32), 0.0, True, ps, pt, 0, *_NO_PROLOGUE(cin))
+    kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, b, res.reshape(-1),
+         np.zeros(cout, np.float32), 0.0, ps, pt, tpc, *_NO_PROLOGUE(cin))
     ref = (np.maximum(w.astype(np.float64) @ x + b[:, None] + res, 0) * ps[:, None] + pt[:, None])
     np.testing.assert_allclose(out[:cout * P].reshape(cout, P), ref, rtol=1e-5, atol=1e-5)
     assert (out[cout * P:] == 7.0).all()
@@ -210,8 +211,8 @@ def test_pointwise_kernel_prologue(code, per_channel, beta):
     kern = CD.pointwise_kernel(12, 32, activations.NONE, code)
     CD.compile_now(kern, CD.PW_SIG)
     out = np.full(cout * P, np.nan, np.float32)
-    kern(x.reshape(-1), CD.pack_weights_pw(w, 12), out, cin, cout, P, b, np.zeros(0, np.float32), False,
-         np.zeros(cout, np.float32), 0.0, False, b, b, 0, scale, shift, alpha, beta)
+    kern(x.reshape(-1), CD.pack_weights_pw(w, 12), out, cin, cout, P, b, np.zeros(0, np.float32),
+         np.zeros(cout, np.float32), 0.0, b, b, 2, scale, shift, alpha, beta)
     v = x.astype(np.float64) * scale[:, None] + shift[:, None]
     if code == activations.RELU:
         v = np.maximum(v, 0)
@@ -248,7 +249,7 @@ def test_pointwise_with_prologue_routed(x_shape, w_shape, attrs, pre, monkeypatc
     ours = _run_fused("Conv", x, w, b, attrs, activation=("Relu", {}), pre_activation=pre,
                       extras={"pre_scale": scale, "pre_shift": shift})
     np.testing.assert_allclose(ours, expect, rtol=1e-4, atol=1e-5)
-    assert [a[2:] for a in made] == ([(activations.RELU, activations.RELU)] if pre[0] == "Relu" else [])
+    assert [a[2:4] for a in made] == ([(activations.RELU, activations.RELU)] if pre[0] == "Relu" else [])
     assert all(a[:2] in conv_ops._PW_TILES for a in made)
 
 

@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
 from ..kernel_cache import named
-from ..activations import INLINE_CODES, activate_inline, activate_planes, compile_span, prologue_span
+from ..activations import INLINE_CODES, NONE, activate_inline, activate_planes, compile_span, prologue_span
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
 _lock = threading.RLock()
@@ -218,18 +218,20 @@ def pack_weights_pw(w: np.ndarray, cot: int) -> np.ndarray:
     return np.ascontiguousarray(full.reshape(nob, cot, cin).transpose(0, 2, 1)).reshape(-1)
 
 
-def pointwise_kernel(COT, PXT, ACT, PRE=-1, cache=True):
-    """kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, 0, pre_scale,
-    pre_shift, pre_alpha, pre_beta): the 1x1 convolution out (COUT, P) = W (COUT, CIN) . x (CIN, P) on
-    NCHW data, a register tile of COT output channels (weights broadcast) x PXT consecutive pixels
-    (vector loads and stores), epilogue fused. No packing of the input. PRE >= 0 (an INLINE_CODES
-    activation) fuses the prologue act(x * pre_scale + pre_shift) into the loads: it is recomputed for
-    every block of COT output channels, two vector operations per COT vector FMAs, cheaper than a pass
-    of its own over the input (pre-activation nets such as DenseNet read a wide input through it). P >= PXT: when PXT does not divide P, the last tile is moved back to end at
+def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
+    """kern(x, w, out, CIN, COUT, P, bias, res, alpha, beta, ps, pt, tpc, pre_scale, pre_shift, pre_alpha,
+    pre_beta): the 1x1 convolution out (COUT, P) = ps * act(W (COUT, CIN) . x (CIN, P) + bias + res) + pt
+    on NCHW data, the residual with RES, the affine ps, pt with POST (compile-time flags), a register
+    tile of COT output channels (weights broadcast) x PXT consecutive pixels (vector loads and stores),
+    epilogue fused. No packing of the input. Pixels go in chunks of tpc tiles (0: all at once).
+    PRE >= 0 (an INLINE_CODES activation) fuses the prologue act(x * pre_scale + pre_shift) into the
+    loads: it is recomputed for every block of COT output channels, two vector operations per COT vector
+    FMAs, cheaper than a pass of its own over the input (pre-activation nets such as DenseNet read a wide
+    input through it). P >= PXT: when PXT does not divide P, the last tile is moved back to end at
     P, overlapping its neighbour, so every tile is a full vector tile; the pixels both compute get the
     same sums in the same order, so writing them twice is harmless (a scalar remainder loop made 28x28
     and 14x14 layers run at half speed)."""
-    key = ("pw", COT, PXT, ACT, PRE)
+    key = ("pw", COT, PXT, ACT, PRE, RES, POST)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
@@ -237,69 +239,79 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, cache=True):
         raise ValueError(f"prologue activation code {PRE} is not one the pointwise kernel inlines")
     NACC = COT * PXT
     INLINE = ACT in INLINE_CODES
+    IACT = ACT if INLINE else NONE  # any other code: activate_planes over the stored block
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     @named("pointwise_kernel", key)
-    def kern(x, w, out, CIN, COUT, P, bias, res, has_res, alpha, beta, has_post, ps, pt, ci0, psc, psh, pal,
-             pbeta):
+    def kern(x, w, out, CIN, COUT, P, bias, res, alpha, beta, ps, pt, tpc, psc, psh, pal, pbeta):
         nob = (COUT + COT - 1) // COT
         hi = np.float32(beta)  # Clip's upper bound
         phi = np.float32(pbeta)
         acc = stack_f32(NACC)
         xv = stack_f32(PXT)
+        v = stack_f32(PXT)
         uP = np.uint64(P)
         ntiles = (P + PXT - 1) // PXT
-        for ob in range(nob):
-            wb = ob * CIN * COT
-            for t in range(ntiles):
-                p0 = min(t * PXT, P - PXT)
-                for i in range(NACC):
-                    acc[i] = 0.0
-                for ci in range(ci0, CIN):
-                    xo = np.uint64(ci) * uP + np.uint64(p0)
-                    wo = np.uint64(wb + ci * COT)
-                    if PRE >= 0:
-                        sc, sh, pa = psc[ci], psh[ci], pal[ci]
+        # pixel chunks of tpc tiles, every output block over one chunk before the next: the chunk's
+        # input stays in L2 (a sweep over all pixels per block re-read the whole input from L3 every
+        # time). A span activation runs over whole planes, so its kernels take one chunk.
+        if tpc <= 0 or not INLINE:
+            tpc = ntiles
+        for t0 in range(0, ntiles, tpc):
+            for ob in range(nob):
+                wb = ob * CIN * COT
+                for t in range(t0, min(t0 + tpc, ntiles)):
+                    p0 = min(t * PXT, P - PXT)
+                    for c in range(COT):  # the sums start from the bias (past COUT: never stored)
+                        bc = bias[min(ob * COT + c, COUT - 1)]
                         for j in range(PXT):
-                            xv[j] = activate_inline(PRE, x[xo + np.uint64(j)] * sc + sh, pa, phi, pbeta)
-                    else:
-                        for j in range(PXT):
-                            xv[j] = x[xo + np.uint64(j)]
-                    for c in range(COT):
-                        wv = w[wo + np.uint64(c)]
-                        for j in range(PXT):
-                            acc[c * PXT + j] += wv * xv[j]
-                for c in range(COT):
-                    co = ob * COT + c
-                    if co < COUT:
-                        b, a = bias[co], alpha[co]
-                        s, t_ = ps[co], pt[co]
-                        ob_ = np.uint64(co) * uP + np.uint64(p0)
-                        for j in range(PXT):
-                            acc[c * PXT + j] += b
-                        if has_res:  # a loop of its own: a branch inside the store loop keeps it scalar
+                            acc[c * PXT + j] = bc
+                    for ci in range(CIN):
+                        xo = np.uint64(ci) * uP + np.uint64(p0)
+                        wo = np.uint64(wb + ci * COT)
+                        if PRE >= 0:
+                            sc, sh, pa = psc[ci], psh[ci], pal[ci]
                             for j in range(PXT):
-                                acc[c * PXT + j] += res[ob_ + np.uint64(j)]
+                                xv[j] = activate_inline(PRE, x[xo + np.uint64(j)] * sc + sh, pa, phi, pbeta)
+                        else:
+                            for j in range(PXT):
+                                xv[j] = x[xo + np.uint64(j)]
+                        for c in range(COT):
+                            wv = w[wo + np.uint64(c)]
+                            for j in range(PXT):
+                                acc[c * PXT + j] += wv * xv[j]
+                    for c in range(min(COT, COUT - ob * COT)):
+                        co = ob * COT + c
+                        a = alpha[co]
+                        o = np.uint64(co) * uP + np.uint64(p0)
+                        i = c * PXT
+                        # one straight PXT-lane expression into v, then the store: the SLP vectorizer
+                        # makes it one vector op per step. Run-time residual and affine flags made
+                        # branches whose joins it split into 8-, 4-, 2- and 1-lane pieces (40
+                        # instructions a channel); a store to out inside the expression stays scalar
+                        # (out might alias res).
                         for j in range(PXT):
-                            v = acc[c * PXT + j]
-                            if INLINE:
-                                v = activate_inline(ACT, v, a, hi, beta)
-                                if has_post:
-                                    v = v * s + t_
-                            out[ob_ + np.uint64(j)] = v
-            if not INLINE:
-                activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, has_post, ps,
-                                pt)
+                            y = acc[i + j]
+                            if RES:
+                                y += res[o + np.uint64(j)]
+                            y = activate_inline(IACT, y, a, hi, beta)
+                            if POST and INLINE:
+                                y = y * ps[co] + pt[co]
+                            v[j] = y
+                        for j in range(PXT):
+                            out[o + np.uint64(j)] = v[j]
+                if not INLINE:
+                    activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, POST, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
 
 
 PW_SIG = (types.float32[::1], types.float32[::1], types.float32[::1], types.int64, types.int64, types.int64,
-          types.float32[::1], types.float32[::1], types.boolean, types.float32[::1], types.float64,
-          types.boolean, types.float32[::1], types.float32[::1], types.int64, types.float32[::1],
-          types.float32[::1], types.float32[::1], types.float64)
+          types.float32[::1], types.float32[::1], types.float32[::1], types.float64, types.float32[::1],
+          types.float32[::1], types.int64, types.float32[::1], types.float32[::1], types.float32[::1],
+          types.float64)
 
 
 # -- direct kernel vectorized along the output row (few input channels: network stems) ------------------
