@@ -433,13 +433,11 @@ def test_one_row_takes_the_vector_kernel(monkeypatch):
 
 @pytest.mark.parametrize("op", ["Gemm", "MatMul"])
 def test_large_one_row_product_takes_the_blas(op, monkeypatch):
-    """A one-row product with at least _BLAS_GEMV_MACS weights and _BLAS_GEMV_COLUMNS columns: the BLAS's
-    product, then the whole epilogue (bias, residual, PRelu, affine) per column range; vector_matrix is
-    not called."""
+    """A one-row product with at least _BLAS_GEMV_MACS weights: the BLAS's product, then the whole
+    epilogue (bias, residual, PRelu, affine) per column range; vector_matrix is not called."""
     from bninfer.ops import matmul
     monkeypatch.setattr(matmul.K, "vector_matrix", None)  # would raise if called
-    n = max(matmul._BLAS_GEMV_COLUMNS, 1000) + 7
-    k = matmul._BLAS_GEMV_MACS // n + 3
+    k, n = 1031, matmul._BLAS_GEMV_MACS // 1031 + 7
     out, ref = _fused(op, 1, k, n, ("PRelu", {}), True, True)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
