@@ -431,17 +431,6 @@ def test_one_row_takes_the_vector_kernel(monkeypatch):
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
-def test_large_one_row_product_takes_the_blas(op, monkeypatch):
-    """A one-row product with at least _BLAS_GEMV_MACS weights: the BLAS's product, then the whole
-    epilogue (bias, residual, PRelu, affine) per column range; vector_matrix is not called."""
-    from bninfer.ops import matmul
-    monkeypatch.setattr(matmul.K, "vector_matrix", None)  # would raise if called
-    k, n = 1031, matmul._BLAS_GEMV_MACS // 1031 + 7
-    out, ref = _fused(op, 1, k, n, ("PRelu", {}), True, True)
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("k,n", [(1, 1), (3, 2049), (4101, 37)])
 def test_vector_matrix_column_ranges(k, n):
     """Column ranges (as the threads split them) each get the product and the epilogue; columns

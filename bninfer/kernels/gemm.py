@@ -77,14 +77,6 @@ def row_epilogue(y, rows, n, bias, has_bias, residual, has_residual, code, alpha
 
 
 @njit(cache=True, nogil=True)
-def column_epilogue(y, c0, c1, bias, has_bias, residual, has_residual, code, alpha, beta, has_post, post_scale,
-                    post_shift):
-    """The epilogue on columns [c0, c1) of one row y (flat float32 of n; the rest as row_epilogue)."""
-    _epilogue_span(y, 0, c0, c1, bias, has_bias, residual, has_residual, code, alpha, beta, has_post,
-                   post_scale, post_shift)
-
-
-@njit(cache=True, nogil=True)
 def vector_matrix(x, w, y, k, n, c0, c1, bias, has_bias, residual, has_residual, code, alpha, beta,
                   has_post, post_scale, post_shift):
     """y[c] = epilogue(sum_j x[j] * w[j * n + c]) for the columns c in [c0, c1): a batch-1 layer.

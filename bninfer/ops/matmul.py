@@ -230,10 +230,6 @@ def _dot(x: np.ndarray, w: np.ndarray, y: np.ndarray, macs: int) -> None:
 # of a conv's multiply-adds per second (ResNet-50's 2048x1000 classifier, 480 us), so its work counts this
 # many times over where the thread split weighs it against the hand-over cost.
 _STREAMING_WEIGHT = 8
-# From this many weights on, a one-row product goes to the BLAS (then the epilogue): it streams them at
-# about three times vector_matrix's speed (ResNet-50's 2048x1000 classifier: 480 -> 180 us from memory,
-# 112 -> 61 us from L3); below, the BLAS call and a second one for the epilogue cost more than the product.
-_BLAS_GEMV_MACS = 1 << 20
 
 
 def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
@@ -263,21 +259,10 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
                 K.vector_matrix(two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep.args(i))
         return run
 
-    if k * n >= _BLAS_GEMV_MACS:  # the BLAS's product, then the epilogue, per column range
-        w2 = w.reshape(k, n)
-
-        def product(x, y, args, c0, c1):
-            np.dot(x, w2[:, c0:c1], out=y[:, c0:c1])
-            K.column_epilogue(y.reshape(-1), c0, c1, *args)
-    else:
-        def product(x, y, args, c0, c1):
-            K.vector_matrix(x, w, y, k, n, c0, c1, *args)
-
     def run(i, o):
         x, y = two_d(i[0]), two_d(o[0])
         args = ep_args if fixed else ep.args(i)
-        with threads.blas(k * n):
-            threads.split(lambda c0, c1: product(x, y, args, c0, c1), n, macs, 16)
+        threads.split(lambda c0, c1: K.vector_matrix(x, w, y, k, n, c0, c1, *args), n, macs, 16)
     return run
 
 
