@@ -3,9 +3,11 @@
 Buffers live in an arena planned by liveness: a value occupies a block from the step that writes it to
 the last step that reads it (graph inputs from the start, graph outputs to the end), and values whose
 lives do not overlap share a block, so the arena is a fraction of the sum of all intermediates and
-stays warm in cache. A step's outputs never share a block with its inputs. Several threads may run the
-same session at once, so each concurrent run takes an arena of its own from a pool (made on demand,
-kept for reuse); nothing is allocated per inference but the returned outputs.
+stays warm in cache. A step's outputs never share a block with its inputs, except values placed inside
+a concat's output (bninfer.concat_views: the concat step is left out, its inputs are views of its
+output, written in place; a block holding such views lives as long as any of them). Several threads
+may run the same session at once, so each concurrent run takes an arena of its own from a pool (made on
+demand, kept for reuse); nothing is allocated per inference but the returned outputs.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
+from . import concat_views, ops
 from .ir import Graph, Node
 from .passes import layout
 
@@ -44,8 +46,11 @@ class Plan:
             return slots[name]
 
         self.input_slots = {name: slot(name) for name in graph.inputs}
+        inside, elided = concat_views.place(graph)
         self.steps: list[Step] = []
         for node in graph.nodes:
+            if node.name in elided:  # its inputs are written in place, inside its output
+                continue
             opdef = ops.get(node.op)
             ins = [graph.values[i] if i else None for i in node.inputs]
             outs = [graph.values[o] if o else None for o in node.outputs]
@@ -55,6 +60,9 @@ class Plan:
                                    [slot(o) if o else None for o in node.outputs]))
         self.outputs = [("const", graph.values[o].data) if graph.values[o].is_const else ("buf", slot(o))
                         for o in graph.outputs]
+        # slot -> (slot of the buffer it lives in, offset in floats), for values placed inside another
+        self.view_of = {slot(name): (slot(root), off)
+                        for name, (root, off) in ((n, concat_views.resolve(inside, n)) for n in inside)}
         self.block_of, self.block_sizes = self._assign_blocks()
         # where each graph input is read: (step, position) pairs, pointed at the caller's array itself
         # when it can stand in for the arena's copy (see run)
@@ -68,17 +76,21 @@ class Plan:
         """Slot -> block, and each block's size in floats: greedy over the steps, reusing the smallest
         free block that fits (growing a free one when none fits)."""
         n_steps = len(self.steps)
+
+        def root(slot: int) -> int:  # a value placed inside another lives (and is counted) as that one
+            return self.view_of[slot][0] if slot in self.view_of else slot
+
         last_use = {s: -1 for s in self.input_slots.values()}
         for i, st in enumerate(self.steps):
             for r in st.inputs:
                 if r is not None and r[0] == "buf":
-                    last_use[r[1]] = i
+                    last_use[root(r[1])] = i
             for o in st.outputs:
                 if o is not None:
-                    last_use.setdefault(o, i)
+                    last_use.setdefault(root(o), i)
         for ref in self.outputs:
             if ref[0] == "buf":
-                last_use[ref[1]] = n_steps  # graph outputs live to the end
+                last_use[root(ref[1])] = n_steps  # graph outputs live to the end
         size = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         block_of = [-1] * len(self.shapes)
         sizes: list[int] = []
@@ -109,8 +121,8 @@ class Plan:
         release(-1)  # inputs nobody reads
         for i, st in enumerate(self.steps):
             for o in st.outputs:
-                if o is not None and block_of[o] < 0:
-                    take(o)
+                if o is not None and block_of[root(o)] < 0:
+                    take(root(o))
             release(i)
         return block_of, sizes
 
@@ -125,7 +137,11 @@ class Plan:
 
     def _bind(self) -> "_Arena":
         blocks = [np.empty(n, np.float32) for n in self.block_sizes]
-        bufs = [blocks[b][:int(np.prod(s, dtype=np.int64))].reshape(s) for b, s in zip(self.block_of, self.shapes)]
+        size = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        bufs = [None if k in self.view_of else blocks[b][:size[k]].reshape(s)
+                for k, (b, s) in enumerate(zip(self.block_of, self.shapes))]
+        for k, (r, off) in self.view_of.items():
+            bufs[k] = bufs[r].reshape(-1)[off:off + size[k]].reshape(self.shapes[k])
         calls = []
         for st in self.steps:
             ins = [None if r is None else r[1] if r[0] == "const" else bufs[r[1]] for r in st.inputs]
