@@ -179,3 +179,56 @@ def test_the_buffer_lives_as_long_as_any_value_inside():
     model = _concat_model(nodes, {"x": [1, 4, 3, 3]}, ["y"])
     plan = _plan(check(model, {"x": randn(1, 4, 3, 3, seed=6)}))
     assert len(plan.view_of) >= 2
+
+
+def _producer(b: Builder, kind: str, x: str, c: int) -> str:
+    if kind == "conv3x3":  # stride 1: Winograd where it applies
+        return b.node("Relu", [b.conv(x, c, 24, k=3)])
+    if kind == "conv3x3s2":
+        return b.conv(x, c, 20, k=3, stride=2, pad=1)
+    if kind == "conv5x5":
+        return b.conv(x, c, 17, k=5)
+    if kind == "stem":  # few input channels: the row-vectorized kernel
+        return b.conv(b.node("Slice", [x, b.const("s", np.array([0])), b.const("e", np.array([3])),
+                                       b.const("a", np.array([1]))]), 3, 32, k=7, stride=2, pad=3)
+    if kind == "pointwise":
+        return b.conv(x, c, 40, k=1, pad=0)
+    if kind == "depthwise":
+        return b.conv(x, c, c, k=3, group=c)
+    if kind == "maxpool":
+        return b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    if kind == "avgpool":
+        return b.node("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["conv3x3", "conv3x3s2", "conv5x5", "stem", "pointwise", "depthwise", "maxpool",
+                                  "avgpool"])
+def test_producers_write_only_their_own_run(kind):
+    """Concat(before, made, after), where before and after are written first: a kernel that wrote past
+    either end of its output (harmless while every value had a block to itself) would clobber them."""
+    b = Builder(7)
+    c = 16
+    x = b.node("Relu", [b.conv("x", 3, c, k=3)])
+    start = len(b.nodes)
+    made = _producer(b, kind, x, c)
+    # shapes of the neighbours: the made value's, from a plain session on the same graph
+    probe = bninfer.InferenceSession(b.model({"x": [1, 3, 56, 58]}, [made]).SerializeToString())
+    shape = probe.run(None, {"x": randn(1, 3, 56, 58, seed=1)})[0].shape
+    n = shape[1]
+    nodes_before = len(b.nodes)
+    first = b.node("Sigmoid", [b.conv(x, c, n, k=1, pad=0)])
+    last = b.node("Tanh", [b.conv(x, c, n, k=1, pad=0)])
+    if shape[2:] != (56, 58):  # match the made value's image size
+        first = b.node("Resize", [first, "", b.const("sc", np.array([1, 1, shape[2] / 56, shape[3] / 58],
+                                                                      np.float32))], mode="nearest")
+        last = b.node("Resize", [last, "", b.const("sc", np.array([1, 1, shape[2] / 56, shape[3] / 58],
+                                                                    np.float32))], mode="nearest")
+    # the neighbours' nodes go before the made value's producers
+    b.nodes = b.nodes[:start] + b.nodes[nodes_before:] + b.nodes[start:nodes_before]
+    y = b.node("Concat", [first, made, last], axis=1)
+    model = b.model({"x": [1, 3, 56, 58]}, [b.node("Sigmoid", [y])])
+    plan = _plan(check(model, {"x": randn(1, 3, 56, 58, seed=8)}))
+    assert "Concat" not in _ops(plan)
+    order = [st.node.outputs[0] for st in plan.steps]
+    assert order.index(made) > max(order.index(first), order.index(last))
