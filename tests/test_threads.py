@@ -318,17 +318,49 @@ def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(
     assert os.sched_getaffinity(0) == before
 
 
-def test_a_small_layer_does_not_wake_sleeping_workers(monkeypatch):
+def test_a_small_layer_runs_here_and_wakes_sleeping_workers_for_the_next(monkeypatch):
+    """After a pause the workers sleep: a layer too small to wait for their wake-up runs on the caller
+    alone, and wakes them (without a part) for the layers after it; they sleep again when nothing comes."""
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
     monkeypatch.setattr(threads, "MIN_WAKE_MACS", 10**12)
     model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
     sess = _session(model, 2)
+    expected = _session(model, 1).run(None, feeds)[0]
     sess.run(None, feeds)
     time.sleep(0.2)  # the workers stop spinning and sleep
-    assert threads.workers(2).asleep()
-    parts = []
-    real_map = threads.Workers.map
+    pool = threads.workers(2)
+    assert pool.asleep()
+    parts, wakes = [], []
+    real_map, real_wake = threads.Workers.map, threads.Workers.wake
     monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
-    sess.run(None, feeds)
-    assert parts == []
+    monkeypatch.setattr(threads.Workers, "wake", lambda self: (wakes.append(1), real_wake(self)))
+    np.testing.assert_array_equal(sess.run(None, feeds)[0], expected)
+    assert parts == [] and wakes
+    deadline = time.perf_counter() + 2
+    while any(row[threads._WAKING] for row in pool._rows) and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    assert not any(row[threads._WAKING] for row in pool._rows)  # each worker woke up
+    time.sleep(0.2)
+    assert pool.asleep()  # and went back to sleep
+
+
+def test_serve_wait_publishes_done_then_waits_for_the_next_part():
+    from bninfer.kernels.spin import serve_wait
+    done_i, asleep_i, posted_i = 1, 3, 0
+    flags = np.zeros(8, np.int64)
+    # done published; nothing posted: gives up at the tick bound and returns what it read
+    assert serve_wait(flags, done_i, 5, asleep_i, posted_i, 0, 1000, 10**12, 0) == 0 and flags[done_i] == 5
+    flags[asleep_i] = 1  # the caller sleeps: -2 at once, after publishing
+    assert serve_wait(flags, done_i, 6, asleep_i, posted_i, 0, 10**15, 10**12, 0) == -2 and flags[done_i] == 6
+    flags[asleep_i] = 0
+
+    def post():
+        time.sleep(0.05)
+        flags[posted_i] = 1
+    t = threading.Thread(target=post)
+    t.start()
+    t0 = time.perf_counter()
+    assert serve_wait(flags, done_i, -1, asleep_i, posted_i, 0, 10**12, 10**12, 20_000_000) == 1
+    assert time.perf_counter() - t0 >= 0.05  # it waited for the post (and then settled)
+    t.join()

@@ -32,6 +32,23 @@ def _load_acquire(typingctx, flags, i):
 
 
 @intrinsic
+def _store_seq_cst(typingctx, flags, i, value):
+    """flags[i] = value for an int64 array, a sequentially consistent atomic store (x86: xchg, a full
+    barrier: the loads after it see what other threads stored before it)."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(i, types.Integer)
+            and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(flags)(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.atomic_rmw("xchg", ptr, val, "seq_cst")
+        return context.get_dummy_value()
+    return types.none(flags, i, value), codegen
+
+
+@intrinsic
 def _pause(typingctx):
     """The spin-wait hint (x86 `pause`: yields the core's pipeline to its sibling, saves power)."""
     def codegen(context, builder, sig, args):
@@ -64,4 +81,26 @@ def wait_while(flags, i, value, max_ticks, max_polls):
             break
         _pause()
         v = _load_acquire(flags, i)
+    return v
+
+
+@njit(nogil=True, cache=True)
+def serve_wait(flags, done_i, done, asleep_i, posted_i, seen, max_ticks, max_polls, settle_ticks):
+    """A worker between parts, without the GIL: publish flags[done_i] = done (done >= 0; return -2 at
+    once when flags[asleep_i] says its caller sleeps and needs waking), then spin while
+    flags[posted_i] == seen as wait_while does; when a new part is posted, spin settle_ticks more
+    before returning (and taking the GIL): the caller holds the GIL until its own kernel starts, and
+    a thread that asks for a held GIL sleeps, woken only after a slow OS wake-up. Returns the last
+    value of flags[posted_i] read, or -2."""
+    if done >= 0:
+        _store_seq_cst(flags, done_i, done)  # after the GIL is released: the caller can take it at once
+        if _load_acquire(flags, asleep_i) != 0:
+            return -2
+    v = wait_while(flags, posted_i, seen, max_ticks, max_polls)
+    if v != seen and settle_ticks > 0:
+        t0 = _ticks()
+        n = 0
+        while _ticks() - t0 < settle_ticks and n < max_polls:
+            _pause()
+            n += 1
     return v
