@@ -325,28 +325,31 @@ def pack_weights_px(w: np.ndarray, cot: int) -> np.ndarray:
     return np.ascontiguousarray(full.reshape(nob, cot, cin, kh, kw).transpose(0, 2, 3, 4, 1)).reshape(-1)
 
 
-def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
-    """kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
-    a dense convolution whose register tile is COT output channels (weights broadcast) x PXT consecutive
-    output pixels of one row (vector loads and stores). xp is laid out as depthwise.pack_rows makes it
-    (stride phases split, so every tap reads consecutive floats); out (COUT, OH, OW) in NCHW. Stores are
-    contiguous, which pays when each output sums few products (few input channels)."""
-    key = ("rowvec", KH, KW, SH, SW, DH, DW, COT, PXT, ACT)
+def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, RES=False, POST=False, cache=True):
+    """kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, alpha, beta, ps, pt): a dense convolution
+    whose register tile is COT output channels (weights broadcast) x PXT consecutive output pixels of one
+    row (vector loads and stores). xp is laid out as depthwise.pack_rows makes it (stride phases split,
+    so every tap reads consecutive floats); out (COUT, OH, OW) in NCHW = ps * act(conv + bias + res) + pt,
+    the residual with RES, the affine with POST (compile-time flags). Stores are contiguous, which pays
+    when each output sums few products (few input channels)."""
+    key = ("rowvec", KH, KW, SH, SW, DH, DW, COT, PXT, ACT, RES, POST)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
     NACC = COT * PXT
     INLINE = ACT in INLINE_CODES
+    IACT = ACT if INLINE else NONE  # any other code: activate_planes over the stored block
+    AFFINE = POST and INLINE
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     @named("rowvec_kernel", key)
-    def kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt):
+    def kern(xp, w, out, CIN, COUT, Hp, Wq, OH, OW, bias, res, alpha, beta, ps, pt):
         nob = (COUT + COT - 1) // COT
         P = OH * OW
         hi = np.float32(beta)  # Clip's upper bound
         acc = stack_f32(NACC)
-        part = np.empty(PXT, np.float32)  # a row narrower than the tile is stored through this
+        v = stack_f32(PXT)
         for ob in range(nob):
             for oh in range(OH):
                 for ow0 in range(0, OW, PXT):
@@ -355,8 +358,10 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
                     # remainder with a run-time count kept it in memory).
                     ow0 = max(0, min(ow0, OW - PXT))
                     npx = OW - ow0
-                    for i in range(NACC):
-                        acc[i] = 0.0
+                    for c in range(COT):  # the sums start from the bias (past COUT: never stored)
+                        bc = bias[min(ob * COT + c, COUT - 1)]
+                        for j in range(PXT):
+                            acc[c * PXT + j] = bc
                     for ci in range(CIN):
                         for kh in range(KH):
                             rb = ((ci * Hp + oh * SH + kh * DH) * SW)
@@ -369,42 +374,39 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
                                     wv = w[wo + np.uint64(c)]
                                     for j in range(PXT):
                                         acc[c * PXT + j] += wv * xp[xo + np.uint64(j)]
-                    # The epilogue, one straight pass per step over a channel's PXT pixels (branches
-                    # per tile, not per pixel: LLVM unrolls these loops fully and vectorizes the
-                    # straight-line code; a branch per pixel kept it scalar, 3/4 of the layer's time).
-                    whole = npx >= PXT
-                    for c in range(COT):
+                    # The epilogue: per channel one straight PXT-lane expression into v, then the store
+                    # (run-time residual and affine flags made branches whose joins the SLP vectorizer
+                    # split into 8-, 4-, 2- and 1-lane pieces). A row narrower than the tile (npx < PXT)
+                    # reads its residual clamped to the row and stores npx pixels.
+                    for c in range(min(COT, COUT - ob * COT)):
                         co = ob * COT + c
-                        if co < COUT:
-                            b, a = bias[co], alpha[co]
-                            s, t = ps[co], pt[co]
-                            ob_ = np.uint64(co * P + oh * OW + ow0)
+                        a = alpha[co]
+                        o = np.uint64(co * P + oh * OW + ow0)
+                        i = c * PXT
+                        if npx >= PXT:
                             for j in range(PXT):
-                                acc[c * PXT + j] += b
-                            if has_res and whole:
-                                for j in range(PXT):
-                                    acc[c * PXT + j] += res[ob_ + np.uint64(j)]
-                            elif has_res:
-                                for j in range(PXT):
-                                    if j < npx:
-                                        acc[c * PXT + j] += res[ob_ + np.uint64(j)]
-                            if INLINE:
-                                for j in range(PXT):
-                                    acc[c * PXT + j] = activate_inline(ACT, acc[c * PXT + j], a, hi, beta)
-                                if has_post:
-                                    for j in range(PXT):
-                                        acc[c * PXT + j] = acc[c * PXT + j] * s + t
-                            if whole:
-                                for j in range(PXT):
-                                    out[ob_ + np.uint64(j)] = acc[c * PXT + j]
-                            else:
-                                for j in range(PXT):
-                                    part[j] = acc[c * PXT + j]
-                                for j in range(npx):
-                                    out[ob_ + np.uint64(j)] = part[j]
+                                y = acc[i + j]
+                                if RES:
+                                    y += res[o + np.uint64(j)]
+                                y = activate_inline(IACT, y, a, hi, beta)
+                                if AFFINE:
+                                    y = y * ps[co] + pt[co]
+                                v[j] = y
+                            for j in range(PXT):
+                                out[o + np.uint64(j)] = v[j]
+                        else:
+                            for j in range(PXT):
+                                y = acc[i + j]
+                                if RES:
+                                    y += res[o + np.uint64(min(j, npx - 1))]
+                                y = activate_inline(IACT, y, a, hi, beta)
+                                if AFFINE:
+                                    y = y * ps[co] + pt[co]
+                                v[j] = y
+                            for j in range(npx):
+                                out[o + np.uint64(j)] = v[j]
             if not INLINE:
-                activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, has_post, ps,
-                                pt)
+                activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, POST, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -412,5 +414,4 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, cache=True):
 
 ROWVEC_SIG = (types.float32[::1], types.float32[::1], types.float32[::1], types.int64, types.int64,
               types.int64, types.int64, types.int64, types.int64, types.float32[::1], types.float32[::1],
-              types.boolean, types.float32[::1], types.float64, types.boolean, types.float32[::1],
-              types.float32[::1])
+              types.float32[::1], types.float64, types.float32[::1], types.float32[::1])

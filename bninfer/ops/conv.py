@@ -387,7 +387,7 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     cot, pxt = _ROWVEC_TILE
     if OW < pxt:  # the last tile of a row moves back over its neighbour: a narrow row takes a narrow tile
         pxt = 16
-    kern = CD.rowvec_kernel(KH, KW, SH, SW, DH, DW, cot, pxt, ep.code)
+    kern = CD.rowvec_kernel(KH, KW, SH, SW, DH, DW, cot, pxt, ep.code, ep.residual is not None, ep.has_post)
     CD.compile_now(kern, CD.ROWVEC_SIG)
     w = CD.pack_weights_px(np.asarray(wdata, np.float32).reshape(cout, cin, KH, KW), cot)
     Hp = H + PH + EH
@@ -412,9 +412,8 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 
             def part(b0, b1):  # output-channel blocks [b0, b1)
                 c0, c1 = b0 * cot, min(b1 * cot, cout)
-                yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
-                kern(xp, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, Hp, Wq, OH, OW, bo, ro, hr, ao, be, hp,
-                     so, to)
+                yo, bo, ro, _, ao, be, _, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
+                kern(xp, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, Hp, Wq, OH, OW, bo, ro, ao, be, so, to)
             threads.split(part, -(-cout // cot), macs)
     return run
 
