@@ -68,14 +68,17 @@ def test_dense_blocks_concat_in_place():
     assert len(got) == 4 and all(np.array_equal(g, want) for g in got)
 
 
-def test_views_make_the_arena_no_larger():
+def test_views_make_the_arena_smaller(monkeypatch):
+    """The same plan with every concat copying needs a larger arena (here 80 KB against 31 KB;
+    DenseNet-121's 33 MB against 6.4 MB)."""
     model, feeds = densenet()
     sess = bninfer.InferenceSession(model.SerializeToString())
     sess.run(None, feeds)
     plan = _plan(sess)
-    copying = bninfer.plan.Plan(plan.graph, blocked=False)
-    copying.view_of.clear()  # as before: every value its own block
-    assert plan.arena_bytes <= copying.values_bytes
+    monkeypatch.setattr(concat_views, "place", lambda graph: ({}, set()))
+    copying = bninfer.plan.Plan(plan.graph)
+    assert "Concat" in _ops(copying)
+    assert plan.arena_bytes < copying.arena_bytes
 
 
 def test_batch_two_keeps_the_copies():
