@@ -232,7 +232,49 @@ def test_a_classifier_row_splits_at_the_default_thresholds(monkeypatch):
     serial = _session(model, 1).run(None, {"x": x})[0]
     out, parts = _split_run(model, {"x": x}, 2, monkeypatch, force=False)
     assert parts == [2]
-    np.testing.assert_array_equal(out, serial)  # column ranges: the same sums, only on other threads
+    # split over the weights' rows: two partial sums added, so not bit-identical to the serial order
+    # (sums of 2048 products, up to ~70: float32 rounding of the largest terms)
+    np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-6 * float(np.abs(serial).max()))
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_a_one_row_product_split_over_rows_applies_the_epilogue_once(n_threads, monkeypatch):
+    """Gemm + residual Add + PRelu + an affine on 3 threads or 2: every thread's share of the rows (k not
+    a multiple of the split), summed, then the epilogue, against float64; runs repeat, the second with a
+    part size that leaves one of 3 shares unused (the shares' buffer is reused: it must start from
+    zero)."""
+    from bninfer import ir, ops
+    from bninfer.ops import fusion
+    k, n = 1037, 300
+    F32 = np.float32
+    rng = np.random.default_rng(5)
+    w, b = rng.standard_normal((k, n)).astype(F32), rng.standard_normal(n).astype(F32)
+    res, slope = rng.standard_normal((1, n)).astype(F32), rng.standard_normal(n).astype(F32) * 0.3
+    ps, pt = rng.standard_normal(n).astype(F32), rng.standard_normal(n).astype(F32)
+    node = ir.Node("Gemm", "g", ["a", "w", "b"], ["y"], {"activation": ("PRelu", {})})
+    vals = [ir.Value("a", (1, k), np.dtype(F32)), ir.Value("w", (k, n), np.dtype(F32), w),
+            ir.Value("b", (n,), np.dtype(F32), b)]
+    for key, name, arr in [("residual", "r", res), ("slope", "s", slope), ("post_scale", "ps", ps),
+                           ("post_shift", "pt", pt)]:
+        fusion.add_extra(node, key, name, 3)
+        vals.append(ir.Value(name, arr.shape, np.dtype(F32), arr))
+    from bninfer import threads
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)  # at build: the product's run is the splitting one
+    parts = []
+    real_map = threads.Workers.map
+    monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
+    run = ops.get("Gemm").build(node, vals, [ir.Value("y", (1, n), np.dtype(F32))])
+    for seed, min_part in enumerate([1, 1_200_000, 1]):  # the work is 8 * k * n = 2.5 M
+        monkeypatch.setattr(threads, "MIN_PART_MACS", min_part)
+        a = np.random.default_rng(seed).standard_normal((1, k)).astype(F32)
+        z = a.astype(np.float64) @ w + b + res
+        want = np.where(z < 0, z * slope, z) * ps + pt
+        out = np.full((1, n), np.nan, F32)
+        with threads.RunThreads(n_threads):
+            run([a, w, b, res, slope, ps, pt], [out])
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+    assert parts == [n_threads, 2, n_threads]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")

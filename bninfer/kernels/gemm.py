@@ -77,6 +77,49 @@ def row_epilogue(y, rows, n, bias, has_bias, residual, has_residual, code, alpha
 
 
 @njit(cache=True, nogil=True)
+def vector_matrix_rows(x, w, y, n, k0, k1):
+    """y[:n] = sum over the rows j in [k0, k1) of x[j] * w[j * n:(j + 1) * n]: one thread's share of a
+    one-row product split over the weights' rows (each thread then streams a contiguous block of
+    them); sum_rows then adds the shares and applies the epilogue."""
+    x = x.reshape(x.size)
+    n64 = uint64(n)
+    for c in range(n64):
+        y[c] = np.float32(0.0)
+    j = k0
+    while j + 4 <= k1:
+        x0, x1, x2, x3 = x[j], x[j + 1], x[j + 2], x[j + 3]
+        r0 = uint64(j) * n64
+        r1 = r0 + n64
+        r2 = r1 + n64
+        r3 = r2 + n64
+        for c in range(n64):
+            y[c] += (x0 * w[r0 + c] + x1 * w[r1 + c]) + (x2 * w[r2 + c] + x3 * w[r3 + c])
+        j += 4
+    while j < k1:
+        xj, r0 = x[j], uint64(j) * n64
+        for c in range(n64):
+            y[c] += xj * w[r0 + c]
+        j += 1
+
+
+@njit(cache=True, nogil=True)
+def sum_rows(parts, nparts, y, n, bias, has_bias, residual, has_residual, code, alpha, beta, has_post,
+             post_scale, post_shift):
+    """y[:n] = epilogue(parts[0] + ... + parts[nparts - 1]) for parts (nparts, n) flat (the epilogue's
+    arguments as row_epilogue's)."""
+    y = y.reshape(y.size)
+    n64 = uint64(n)
+    for c in range(n64):
+        y[c] = parts[c]
+    for p in range(1, nparts):
+        base = uint64(p) * n64
+        for c in range(n64):
+            y[c] += parts[base + c]
+    _epilogue_span(y, 0, 0, n, bias, has_bias, residual, has_residual, code, alpha, beta, has_post,
+                   post_scale, post_shift)
+
+
+@njit(cache=True, nogil=True)
 def vector_matrix(x, w, y, k, n, c0, c1, bias, has_bias, residual, has_residual, code, alpha, beta,
                   has_post, post_scale, post_shift):
     """y[c] = epilogue(sum_j x[j] * w[j * n + c]) for the columns c in [c0, c1): a batch-1 layer.
