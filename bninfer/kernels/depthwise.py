@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, types
 
 from ..kernel_cache import named
-from ..activations import INLINE_CODES, activate_inline, activate_planes, compile_span, prologue_span
+from ..activations import INLINE_CODES, NONE, activate_inline, activate_planes, compile_span, prologue_span
 from .conv_direct import _FASTMATH, stack_f32
 
 _KERNELS: dict = {}
@@ -120,9 +120,10 @@ def pick_rw(ow: int) -> int:
     return min((16, 8), key=lambda r: (-(-ow // r) * -(-r // 16), -(-ow // r) * r))
 
 
-def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4):
-    """kern(x, xp, w, out, C, H, W, Hp, Wq, PH, PW, OH, OW, bias, res, has_res, alpha, beta, has_post, ps,
-    pt, has_pre, qs, qt, qcode, qa, qbeta): out (C, OH, OW) flat = ps * act(dwconv + bias + res) + pt for x
+def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4, RES=False, POST=False):
+    """kern(x, xp, w, out, C, H, W, Hp, Wq, PH, PW, OH, OW, bias, res, alpha, beta, ps, pt, has_pre, qs, qt,
+    qcode, qa, qbeta): out (C, OH, OW) flat = ps * act(dwconv + bias + res) + pt (the residual with RES,
+    the affine with POST: compile-time flags) for x
     (C, H, W) flat and w (C, KH, KW) flat. Each channel is packed (pack_channel, prologue
     act(x * qs + qt) applied when has_pre) into xp, one channel's scratch of Hp * SW * Wq floats whose
     border the caller keeps zero, and convolved while it is hot in cache: packing the whole input first
@@ -133,22 +134,25 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4):
     plan never gives a step's output the block of one of its inputs, so the residual is intact): every
     accumulator index is then a constant and the tile lives in registers (a scalar remainder path made
     LLVM keep it in memory, a store and reload around every FMA: 4x slower)."""
-    key = (KH, KW, SH, SW, RW, ACT, DH, DW, RH)
+    key = (KH, KW, SH, SW, RW, ACT, DH, DW, RH, RES, POST)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
     INLINE = ACT in INLINE_CODES
+    IACT = ACT if INLINE else NONE  # any other code: activate_planes over the stored plane
+    AFFINE = POST and INLINE
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
     pack_channel.compile(PACK_CHANNEL_SIG)  # likewise: compiled outside the kernels' vectorizer settings
     NACC = RH * RW
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     @named("depthwise_kernel", key)
-    def kern(x, xp, w, out, C, H, W, Hp, Wq, PH, PW, OH, OW, bias, res, has_res, alpha, beta, has_post, ps,
-             pt, has_pre, qs, qt, qcode, qa, qbeta):
+    def kern(x, xp, w, out, C, H, W, Hp, Wq, PH, PW, OH, OW, bias, res, alpha, beta, ps, pt, has_pre, qs, qt,
+             qcode, qa, qbeta):
         P = OH * OW
         hi = np.float32(beta)  # Clip's upper bound
         acc = stack_f32(NACC)
+        v = stack_f32(RW)
         for c in range(C):
             # np.int64(): plain int64 arguments, so the call links pack_channel's precompiled (loop-vectorized)
             # code; literal constants would make Numba compile a specialisation under this kernel's settings
@@ -160,8 +164,8 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4):
                 ohb = min(oh0, OH - RH)
                 for ow00 in range(0, OW, RW):
                     ow0 = min(ow00, OW - RW)
-                    for i in range(NACC):
-                        acc[i] = 0.0
+                    for i in range(NACC):  # the sums start from the bias
+                        acc[i] = b
                     for kh in range(KH):
                         for kw in range(KW):
                             wv = w[(c * KH + kh) * KW + kw]
@@ -172,26 +176,23 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4):
                                 uo = np.uint64(xo)
                                 for j in range(RW):
                                     acc[r * RW + j] += xp[uo + np.uint64(j)] * wv
-                    # straight-line vector code: bias, residual, activation and affine each a loop of
-                    # their own, has_post tested outside them
+                    # per row of the tile one straight RW-lane expression into v, then the store
+                    # (run-time residual and affine flags made branches whose joins the SLP
+                    # vectorizer split into 8-, 4-, 2- and 1-lane pieces)
                     for r in range(RH):
                         uo = np.uint64(c * P + (ohb + r) * OW + ow0)
                         for j in range(RW):
-                            acc[r * RW + j] += b
-                        if has_res:
-                            for j in range(RW):
-                                acc[r * RW + j] += res[uo + np.uint64(j)]
-                        if INLINE:
-                            for j in range(RW):
-                                acc[r * RW + j] = activate_inline(ACT, acc[r * RW + j], a, hi, beta)
-                            if has_post:
-                                for j in range(RW):
-                                    acc[r * RW + j] = acc[r * RW + j] * s + t
+                            y = acc[r * RW + j]
+                            if RES:
+                                y += res[uo + np.uint64(j)]
+                            y = activate_inline(IACT, y, a, hi, beta)
+                            if AFFINE:
+                                y = y * s + t
+                            v[j] = y
                         for j in range(RW):
-                            out[uo + np.uint64(j)] = acc[r * RW + j]
+                            out[uo + np.uint64(j)] = v[j]
             if not INLINE:
-                activate_planes(ACT, out, c, c + 1, P, alpha, hi, beta, has_post, ps,
-                                pt)
+                activate_planes(ACT, out, c, c + 1, P, alpha, hi, beta, POST, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -199,8 +200,8 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4):
 
 _A = types.float32[::1]
 _I = types.int64
-DW_SIG = (_A, _A, _A, _A, _I, _I, _I, _I, _I, _I, _I, _I, _I, _A, _A, types.boolean, _A, types.float64,
-          types.boolean, _A, _A, types.boolean, _A, _A, _I, _A, types.float64)
+DW_SIG = (_A, _A, _A, _A, _I, _I, _I, _I, _I, _I, _I, _I, _I, _A, _A, _A, types.float64, _A, _A, types.boolean, _A,
+          _A, _I, _A, types.float64)
 BLOCKED_SIG = (_A, _A, _A, _I, _I, _I, _I, _I, _A, _A, types.boolean, _A, types.float64, types.boolean, _A, _A)
 
 

@@ -544,7 +544,8 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         return _depthwise_blocked(g, ep, pro, bias, wdata, macs)
     # long rows: vectors along the row, a strided input split into stride phases while it is packed
     rw = DWK.pick_rw(OW)
-    kern = DWK.depthwise_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW, RH=4 if OH >= 4 else 1)
+    kern = DWK.depthwise_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW, RH=4 if OH >= 4 else 1,
+                                RES=ep.residual is not None, POST=ep.has_post)
     CD.compile_now(kern, DWK.DW_SIG)
     w = np.array(wdata, np.float32).reshape(-1)
     Wq = DWK.dw_layout(W, PW, EW, SW, KW, DW, rw, OW)
@@ -556,10 +557,10 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
             def part(c0, c1):  # channels [c0, c1)
-                yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
+                yo, bo, ro, _, ao, be, _, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
                 kern(xn[c0 * H * W:c1 * H * W], scratch.get(), w[c0 * kk:], yo, c1 - c0, H, W, Hp, Wq, PH, PW,
-                     OH, OW, bo, ro, hr, ao, be, hp, so, to, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1],
-                     pro.code, pro.alpha[c0:c1], pro.beta)
+                     OH, OW, bo, ro, ao, be, so, to, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
+                     pro.alpha[c0:c1], pro.beta)
             threads.split(part, C, macs)
     return run
 
