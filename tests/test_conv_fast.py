@@ -3,6 +3,7 @@ against onnxruntime: tile remainders, odd widths, strides, dilations, groups, ch
 multiples of 16, batches, 1-D, and the fused epilogue and prologue."""
 import numpy as np
 import pytest
+from numba import types
 from onnx import helper
 
 from bninfer import activations
@@ -332,3 +333,16 @@ def test_pack_rows_stride2_pairs(PW, pre):
     DWK.pack_rows(x.reshape(-1), ours, C, H, W, Hp, 2, Wq, PH, PW, pre, scale if pre else one,
                   shift if pre else zero, activations.RELU if pre else 0, zero, 0.0)
     np.testing.assert_allclose(ours.reshape(C, Hp, 2, Wq), ref, rtol=2e-6, atol=1e-6)
+
+
+def test_nchw_kernels_call_the_spans_with_a_plain_bool():
+    """The NCHW kernels' affine flag is a compile-time constant; handed to an activation span as it is,
+    Numba compiles a Literal[bool] specialisation of the span (a scalar loop, 13x slower). Fresh
+    compiles of the pointwise, row-vectorized and depthwise kernels with a span activation leave only
+    the span's plain signature."""
+    code = activations.HARD_SIGMOID
+    CD.compile_now(CD.pointwise_kernel(16, 16, code, -1, True, False, cache=False), CD.PW_SIG)
+    CD.compile_now(CD.rowvec_kernel(3, 3, 2, 2, 1, 1, 16, 16, code, cache=False), CD.ROWVEC_SIG)
+    CD.compile_now(DWK.depthwise_kernel(3, 3, 1, 1, 16, code, cache=False), DWK.DW_SIG)
+    sigs = activations.SPANS[code].signatures
+    assert sigs and not any(isinstance(t, types.Literal) for sig in sigs for t in sig), sigs

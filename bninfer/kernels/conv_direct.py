@@ -247,6 +247,7 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
     def kern(x, w, out, CIN, COUT, P, bias, res, alpha, beta, ps, pt, tpc, psc, psh, pal, pbeta):
         nob = (COUT + COT - 1) // COT
         hi = np.float32(beta)  # Clip's upper bound
+        post = np.bool_(POST)  # a plain bool for the spans: a literal one compiles a scalar specialisation
         phi = np.float32(pbeta)
         acc = stack_f32(NACC)
         xv = stack_f32(PXT)
@@ -302,7 +303,7 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
                         for j in range(PXT):
                             out[o + np.uint64(j)] = v[j]
                 if not INLINE:
-                    activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, POST, ps, pt)
+                    activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, post, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -348,6 +349,7 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, RES=False, POST=False, 
         nob = (COUT + COT - 1) // COT
         P = OH * OW
         hi = np.float32(beta)  # Clip's upper bound
+        post = np.bool_(POST)  # a plain bool for the spans: a literal one compiles a scalar specialisation
         acc = stack_f32(NACC)
         v = stack_f32(PXT)
         for ob in range(nob):
@@ -406,7 +408,7 @@ def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, RES=False, POST=False, 
                             for j in range(npx):
                                 out[o + np.uint64(j)] = v[j]
             if not INLINE:
-                activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, POST, ps, pt)
+                activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, post, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern

@@ -151,6 +151,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4, RES=
              qcode, qa, qbeta):
         P = OH * OW
         hi = np.float32(beta)  # Clip's upper bound
+        post = np.bool_(POST)  # a plain bool for the spans: a literal one compiles a scalar specialisation
         acc = stack_f32(NACC)
         v = stack_f32(RW)
         for c in range(C):
@@ -192,7 +193,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4, RES=
                         for j in range(RW):
                             out[uo + np.uint64(j)] = v[j]
             if not INLINE:
-                activate_planes(ACT, out, c, c + 1, P, alpha, hi, beta, POST, ps, pt)
+                activate_planes(ACT, out, c, c + 1, P, alpha, hi, beta, post, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
