@@ -19,10 +19,11 @@ import numpy as np
 from .ir import Graph
 
 
-def place(graph: Graph) -> tuple[dict[str, tuple[str, int]], set[str]]:
-    """(value -> (the value it lives in, offset in elements), names of the Concat nodes left out)."""
+def place(graph: Graph) -> tuple[dict[str, tuple[str, int]], set[int]]:
+    """(value -> (the value it lives in, offset in elements), the id() of every Concat node left out:
+    node names need not be unique)."""
     inside: dict[str, tuple[str, int]] = {}
-    elided: set[str] = set()
+    elided: set[int] = set()
     graph_inputs = set(graph.inputs)
     for node in reversed(graph.nodes):
         if node.op != "Concat" or not _eligible(graph, node, graph_inputs):
@@ -34,13 +35,13 @@ def place(graph: Graph) -> tuple[dict[str, tuple[str, int]], set[str]]:
         if not any(placed):
             for name, off in zip(node.inputs, offsets):
                 inside[name] = (out, off)
-            elided.add(node.name)
+            elided.add(id(node))
         elif all(placed) and out not in inside:
             where = [resolve(inside, i) for i in node.inputs]
             root, base = where[0]
             if all(w == (root, base + off) for w, off in zip(where, offsets)):
                 inside[out] = (root, base)
-                elided.add(node.name)
+                elided.add(id(node))
     return inside, elided
 
 

@@ -49,7 +49,7 @@ class Plan:
         inside, elided = concat_views.place(graph)
         self.steps: list[Step] = []
         for node in graph.nodes:
-            if node.name in elided:  # its inputs are written in place, inside its output
+            if id(node) in elided:  # its inputs are written in place, inside its output
                 continue
             opdef = ops.get(node.op)
             ins = [graph.values[i] if i else None for i in node.inputs]

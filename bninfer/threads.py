@@ -200,12 +200,18 @@ class Workers:
 
     def wake(self) -> None:
         """Wake the sleeping workers without giving them a part: they spin for the next one. The
-        wake-up takes ~50-150 us here; a run's later layers find them awake."""
-        _place(self._threads, self._placed)  # before the wake-up: else Linux wakes them beside this thread
-        for k, row in enumerate(self._rows):
-            if not row[_AWAKE] and not row[_WAKING]:
-                row[_WAKING] = 1
-                self._wake[k].put(None)
+        wake-up takes ~50-150 us here; a run's later layers find them awake. Under the lock map holds:
+        a caller that has the workers keeps them where it placed them."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            _place(self._threads, self._placed)  # before the wake-up: else Linux wakes them beside this thread
+            for k, row in enumerate(self._rows):
+                if not row[_AWAKE] and not row[_WAKING]:
+                    row[_WAKING] = 1
+                    self._wake[k].put(None)
+        finally:
+            self._lock.release()
 
     def map(self, fn: Callable, parts: list[tuple]) -> None:
         """fn(*part) for every part (at most `size`); the first exception is raised once all parts are

@@ -406,3 +406,33 @@ def test_serve_wait_publishes_done_then_waits_for_the_next_part():
     assert serve_wait(flags, done_i, -1, asleep_i, posted_i, 0, 10**12, 10**12, 20_000_000) == 1
     assert time.perf_counter() - t0 >= 0.05  # it waited for the post (and then settled)
     t.join()
+
+
+def test_one_row_products_split_over_rows_from_several_threads_at_once(monkeypatch):
+    """Runs of one session from several Python threads at once, each splitting a classifier row over
+    rows: every run keeps its partial sums apart (one buffer per calling thread) and gets the serial
+    result."""
+    from onnx import helper
+
+    from bninfer import threads
+    from tests.util import make_model
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], {"x": [1, 700]}, ["y"],
+                       {"w": randn(300, 700, seed=1), "b": randn(300, seed=2)})
+    sess = _session(model, 2)
+    feeds = [{"x": randn(1, 700, seed=10 + t)} for t in range(4)]
+    want = [_session(model, 1).run(None, f)[0] for f in feeds]
+    bad = []
+
+    def work(t):
+        for _ in range(60):
+            got = sess.run(None, feeds[t])[0]
+            if not np.allclose(got, want[t], rtol=1e-5, atol=1e-4):
+                bad.append(t)
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not bad

@@ -11,6 +11,8 @@ product is computed by numpy in that dtype.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..errors import ModelError, UnsupportedOperatorError
@@ -259,7 +261,9 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
                 K.vector_matrix(two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep.args(i))
         return run
 
-    shares: dict[int, np.ndarray] = {}  # per thread count: one row of partial sums per thread
+    # per calling thread (runs of one session from several threads at once) and thread count: one row
+    # of partial sums per worker thread
+    local = threading.local()
 
     def run(i, o):
         x, y = two_d(i[0]), two_d(o[0])
@@ -271,6 +275,7 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
         # split over the weights' rows: each thread streams a contiguous block of them (split over
         # columns, both read every row's cache lines: ResNet-50's 2048x1000 from memory took 365 us on two
         # threads, 273 by rows, 462 on one)
+        shares = local.__dict__.setdefault("shares", {})
         part = shares.get(size)
         if part is None:
             part = shares[size] = np.zeros(size * n, np.float32)
