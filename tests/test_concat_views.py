@@ -235,3 +235,19 @@ def test_producers_write_only_their_own_run(kind):
     assert "Concat" not in _ops(plan)
     order = [st.node.outputs[0] for st in plan.steps]
     assert order.index(made) > max(order.index(first), order.index(last))
+
+
+def test_a_node_named_like_an_elided_concat_still_runs():
+    """Node names need not be unique (onnxruntime refuses such a model, the importer keeps what it cannot
+    rename apart, and a graph can be built by hand): the concat left out is that node, not every node of
+    its name."""
+    for names in (["same"] * 4, ["c_2", "c", "c", "d"]):  # the second: the importer's renaming collides
+        nodes = [helper.make_node("Relu", ["x"], ["a"], name=names[0]),
+                 helper.make_node("Neg", ["x"], ["b"], name=names[1]),
+                 helper.make_node("Concat", ["a", "b"], ["c"], axis=1, name=names[2]),
+                 helper.make_node("Sigmoid", ["c"], ["y"], name=names[3])]
+        sess = bninfer.InferenceSession(_concat_model(nodes, {"x": [1, 2, 3, 3]}, ["y"]).SerializeToString())
+        x = randn(1, 2, 3, 3, seed=9)
+        want = 1 / (1 + np.exp(-np.concatenate([np.maximum(x, 0), -x], axis=1)))
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-6, atol=1e-7)
+        assert _ops(_plan(sess)) == ["Relu", "Neg", "Sigmoid"]
