@@ -202,11 +202,21 @@ def _producer(b: Builder, kind: str, x: str, c: int) -> str:
         return b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     if kind == "avgpool":
         return b.node("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    if kind == "depthwise_small":  # 7x7 rows: the short-row depthwise kernel
+        small = b.node("AveragePool", [x], kernel_shape=[8, 8], strides=[8, 8])
+        return b.conv(small, c, c, k=3, group=c)
+    if kind == "convtranspose":
+        w = b.const("Wt", (b.rng.standard_normal((c, 12, 2, 2)) * 0.3).astype(np.float32))
+        return b.node("ConvTranspose", [x, w], strides=[2, 2])
+    if kind == "resize":
+        return b.node("Resize", [x, "", b.const("sc", np.array([1, 1, 0.5, 0.5], np.float32))], mode="linear")
+    if kind == "add":
+        return b.node("Add", [x, b.node("Sigmoid", [x])])
     raise ValueError(kind)
 
 
 @pytest.mark.parametrize("kind", ["conv3x3", "conv3x3s2", "conv5x5", "stem", "pointwise", "depthwise", "maxpool",
-                                  "avgpool"])
+                                  "avgpool", "depthwise_small", "convtranspose", "resize", "add"])
 def test_producers_write_only_their_own_run(kind):
     """Concat(before, made, after), where before and after are written first: a kernel that wrote past
     either end of its output (harmless while every value had a block to itself) would clobber them."""
@@ -223,10 +233,8 @@ def test_producers_write_only_their_own_run(kind):
     first = b.node("Sigmoid", [b.conv(x, c, n, k=1, pad=0)])
     last = b.node("Tanh", [b.conv(x, c, n, k=1, pad=0)])
     if shape[2:] != (56, 58):  # match the made value's image size
-        first = b.node("Resize", [first, "", b.const("sc", np.array([1, 1, shape[2] / 56, shape[3] / 58],
-                                                                      np.float32))], mode="nearest")
-        last = b.node("Resize", [last, "", b.const("sc", np.array([1, 1, shape[2] / 56, shape[3] / 58],
-                                                                    np.float32))], mode="nearest")
+        first = b.node("Resize", [first, "", "", b.const("sz", np.array(shape, np.int64))], mode="nearest")
+        last = b.node("Resize", [last, "", "", b.const("sz", np.array(shape, np.int64))], mode="nearest")
     # the neighbours' nodes go before the made value's producers
     b.nodes = b.nodes[:start] + b.nodes[nodes_before:] + b.nodes[start:nodes_before]
     y = b.node("Concat", [first, made, last], axis=1)
@@ -251,3 +259,18 @@ def test_a_node_named_like_an_elided_concat_still_runs():
         want = 1 / (1 + np.exp(-np.concatenate([np.maximum(x, 0), -x], axis=1)))
         np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-6, atol=1e-7)
         assert _ops(_plan(sess)) == ["Relu", "Neg", "Sigmoid"]
+
+
+def test_gemm_rows_write_only_their_own_run():
+    """Concat(first, made, last) of (1, n) rows along axis 1, made by a one-row Gemm (vector_matrix)
+    after its neighbours."""
+    b = Builder(11)
+    w = {k: b.const("W", b.rng.standard_normal((40, n)).astype(np.float32)) for k, n in (("f", 24), ("m", 37),
+                                                                                        ("l", 19))}
+    first = b.node("Sigmoid", [b.node("MatMul", ["x", w["f"]])])
+    last = b.node("Tanh", [b.node("MatMul", ["x", w["l"]])])
+    made = b.node("Gemm", ["x", w["m"], b.const("B", b.rng.standard_normal(37).astype(np.float32))])
+    y = b.node("Concat", [first, made, last], axis=1)
+    model = b.model({"x": [1, 40]}, [b.node("Relu", [y])])
+    plan = _plan(check(model, {"x": randn(1, 40, seed=12)}))
+    assert "Concat" not in _ops(plan)

@@ -62,6 +62,8 @@ class _PaddedInput:
         if buf is None:
             buf = self._local.buf = np.zeros(self.size, np.float32)
         return buf
+
+
 _EMPTY = np.zeros(1, np.float32)  # stands for an absent residual (never read, never written)
 
 
