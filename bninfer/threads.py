@@ -320,11 +320,10 @@ def current_size() -> int:
     return 1 if cur is None else cur.size
 
 
-def split(call: Callable[..., None], n: int, macs: float, grain: int = 1, indexed: bool = False) -> None:
+def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1) -> None:
     """call(a, b) over [0, n) in contiguous ranges (bounds multiples of `grain`, but n), one per thread of
     the current run, when the work (`macs` multiply-adds in all) gives each at least MIN_PART_MACS (and
-    MIN_WAKE_MACS in all when the workers sleep); else call(0, n) on the calling thread. With `indexed`,
-    call(k, a, b) for the k-th range (k < current_size()), for parts that each fill a buffer of their own."""
+    MIN_WAKE_MACS in all when the workers sleep); else call(0, n) on the calling thread."""
     cur = _local.__dict__.get("current")
     units = -(-n // grain)
     parts = 1 if cur is None else min(cur.size, units, int(macs // MIN_PART_MACS))
@@ -332,10 +331,7 @@ def split(call: Callable[..., None], n: int, macs: float, grain: int = 1, indexe
         pool = cur.pool
         if macs >= MIN_WAKE_MACS or not pool.asleep():
             bounds = [min(n, (units * k // parts) * grain) for k in range(parts + 1)]
-            pool.map(call, [((k,) if indexed else ()) + (bounds[k], bounds[k + 1]) for k in range(parts)])
+            pool.map(call, [(bounds[k], bounds[k + 1]) for k in range(parts)])
             return
         pool.wake()  # this layer runs here; the ones after it find the workers spinning
-    if indexed:
-        call(0, 0, n)
-    else:
-        call(0, n)
+    call(0, n)

@@ -262,8 +262,9 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
         return run
 
     # per calling thread (runs of one session from several threads at once) and thread count: one row
-    # of partial sums per worker thread
+    # of partial sums per share
     local = threading.local()
+    bounds_of: dict[int, list[int]] = {}  # per thread count: the shares' row bounds (multiples of 4)
 
     def run(i, o):
         x, y = two_d(i[0]), two_d(o[0])
@@ -274,14 +275,20 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
             return
         # split over the weights' rows: each thread streams a contiguous block of them (split over
         # columns, both read every row's cache lines: ResNet-50's 2048x1000 from memory took 365 us on two
-        # threads, 273 by rows, 462 on one)
+        # threads, 273 by rows, 462 on one). The rows always go into one share per thread, whether the
+        # shares then run on the workers or all here: the same sums in the same order either way, so a
+        # session's results do not depend on whether its workers were awake.
         shares = local.__dict__.setdefault("shares", {})
         part = shares.get(size)
         if part is None:
-            part = shares[size] = np.zeros(size * n, np.float32)
-        part[:] = 0.0  # a share no thread runs adds nothing
-        threads.split(lambda s, a, b: K.vector_matrix_rows(x, w, part[s * n:(s + 1) * n], n, a, b), k, macs, 4,
-                      indexed=True)
+            part = shares[size] = np.empty(size * n, np.float32)
+            bounds_of[size] = [min(k, (k * s // size + 3) // 4 * 4) for s in range(size)] + [k]
+        bounds = bounds_of[size]
+
+        def rows(s0, s1):
+            for s in range(s0, s1):
+                K.vector_matrix_rows(x, w, part[s * n:(s + 1) * n], n, bounds[s], bounds[s + 1])
+        threads.split(rows, size, macs)
         K.sum_rows(part, size, y, n, *args)
     return run
 
