@@ -131,7 +131,7 @@ def depthwise_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True, RH=4, RES=
     The register tile is RH output rows x RW pixels (OH >= RH, OW >= RW): RH independent FMA chains per
     tap, each weight loaded once for them. The last tile of a row (and the last block of rows) is moved
     back to end at OW (OH), overlapping its neighbour, which it writes again with the same values (the
-    plan never gives a step's output the block of one of its inputs, so the residual is intact): every
+    plan never lets a step's output overlap one of its inputs, so the residual is intact): every
     accumulator index is then a constant and the tile lives in registers (a scalar remainder path made
     LLVM keep it in memory, a store and reload around every FMA: 4x slower)."""
     key = (KH, KW, SH, SW, RW, ACT, DH, DW, RH, RES, POST)
