@@ -59,7 +59,7 @@ def test_pointwise_kernel_matches_numpy(cin, cout, h, w, x_blocked, act, res, po
     yoff, yplane = BK.out_offsets(h, w, pads)
     out = np.full(nob * yplane, np.nan, np.float32)  # the border must be left alone
     xin = _to_blocked(x) if x_blocked else x.reshape(-1)
-    kern(xin, BK.pack_weights_pw(wt, nb), out, cin, nob, P, yoff, yplane, bias, _to_blocked(r), res, alpha, 6.0,
+    kern(xin, BK.pack_weights_pw(wt, nb), out, cin, nob, P, 0, P, yoff, yplane, bias, _to_blocked(r), res, alpha, 6.0,
          post, ps, pt)
     want = np.einsum("oc,chw->ohw", wt.astype(np.float64), x) + bias[:cout, None, None] + (r if res else 0)
     want = ACTS[act](want.reshape(cout, -1), alpha[:cout]).reshape(cout, h, w)
@@ -68,6 +68,28 @@ def test_pointwise_kernel_matches_numpy(cin, cout, h, w, x_blocked, act, res, po
     got = _from_blocked(out, cout, h, w, pads)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(cin))
     assert np.isfinite(_from_blocked(out, nob * 16, h, w, pads)).all()  # padding lanes written, finite
+
+
+@pytest.mark.parametrize("nb,rp,cout", [(2, 8, 32), (1, 14, 16)])
+@pytest.mark.parametrize("cuts", [(16,), (16, 48), (30, 50, 64)])
+def test_pointwise_kernel_over_pixel_ranges_gives_the_whole_layer(nb, rp, cout, cuts):
+    """Threads split a layer of few output blocks over its pixels: ranges that are not multiples of the
+    tile (their last tile moved back inside the range) together write what one call over all writes."""
+    rng = np.random.default_rng(len(cuts) + nb)
+    cin, h, w = 24, 9, 9
+    P = h * w
+    x = _to_blocked(rng.standard_normal((cin, h, w)).astype(np.float32))
+    wt = BK.pack_weights_pw(rng.standard_normal((cout, cin)).astype(np.float32), nb)
+    r = _to_blocked(rng.standard_normal((cout, h, w)).astype(np.float32))
+    bias, alpha, ps, pt = _epilogue_operands(rng, cout)
+    yoff, yplane = BK.out_offsets(h, w, (1, 1, 1, 1))
+    kern = CD.compile_now(BK.pointwise_kernel(nb, rp, A.CLIP, True), BK.PW_SIG)
+    whole, parts = (np.full(BK.blocks(cout) * yplane, np.nan, np.float32) for _ in range(2))
+    kern(x, wt, whole, cin, BK.blocks(cout), P, 0, P, yoff, yplane, bias, r, True, alpha, 6.0, False, ps, pt)
+    bounds = (0,) + cuts + (P,)
+    for q0, q1 in zip(bounds, bounds[1:]):
+        kern(x, wt, parts, cin, BK.blocks(cout), P, q0, q1, yoff, yplane, bias, r, True, alpha, 6.0, False, ps, pt)
+    np.testing.assert_array_equal(parts, whole)
 
 
 def _dw_reference(x, wt, stride, pads, dil):
@@ -195,15 +217,17 @@ def test_depthwise_separable_blocks_run_blocked_and_match_onnxruntime(size, batc
     assert len(_marks(sess, "GlobalAveragePool")) == 1  # which reads it blocked
 
 
-def test_blocked_result_equals_the_nchw_plan_and_splits_over_threads(monkeypatch):
+@pytest.mark.parametrize("size,n_threads", [((12, 12), 2), ((9, 11), 3), ((20, 20), 2)])
+def test_blocked_result_equals_the_nchw_plan_and_splits_over_threads(size, n_threads, monkeypatch):
+    """(The 1x1 convs to 144 channels split over output blocks at 2 threads, the others over pixels.)"""
     from bninfer.plan import Plan
-    model, feeds = _mobile_net(size=(12, 12))
+    model, feeds = _mobile_net(size=size)
     sess, ours = _check(model, feeds)
     nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
     np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-5)
-    out, parts = _split_run(model, feeds, 2, monkeypatch)
-    assert parts and max(parts) == 2
-    np.testing.assert_array_equal(out, ours[0])  # same sums, only on two threads
+    out, parts = _split_run(model, feeds, n_threads, monkeypatch)
+    assert parts and max(parts) == n_threads
+    np.testing.assert_array_equal(out, ours[0])  # same sums, only on other threads
 
 
 def test_a_graph_output_inside_the_chain_stays_nchw():

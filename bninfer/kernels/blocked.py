@@ -148,15 +148,16 @@ PW_MIN_PIXELS = 14
 
 
 def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
-    """kern(x, w, out, CIN, NOB, P, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
-    pixel p of output block b at out[b * yplane + yoff[p]:][:16] (out_offsets: unpadded, or inside the
-    zero border a depthwise consumer needs); out (NOB, P, 16) =
+    """kern(x, w, out, CIN, NOB, P, Q0, Q1, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
+    the pixels [Q0, Q1) of P (Q1 - Q0 >= RP; threads split a layer over its pixels when it has too few
+    output blocks to split), pixel p of output block b at out[b * yplane + yoff[p]:][:16] (out_offsets:
+    unpadded, or inside the zero border a depthwise consumer needs); out (NOB, P, 16) =
     ps * act(W . x + bias + res) + pt for x (ceil(CIN / 16), P, 16) (XB) or NCHW (CIN, P) (not XB: the
     inputs are broadcast either way, so a chain's first 1x1 reads NCHW at no cost) and w from
     pack_weights_pw(w, NB);
     per-channel vectors padded to NOB * 16 (padded_vector), res blocked like out. A tile of NB * 16
     output channels (weight vectors) x RP pixels (inputs broadcast); P >= RP, the last tile of pixels
-    moved back to end at P (recomputing a few pixels with the same sums: out never shares memory with
+    moved back to end at Q1 (recomputing a few pixels with the same sums: out never shares memory with
     x or res). ACT: one of INLINE_CODES is applied in the store; any other code runs afterwards, a
     loop-vectorized span over the tile's stored pixels (then has_post must be False: the span's affine
     is not per channel)."""
@@ -171,16 +172,16 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     @named("pointwise_kernel", key)
-    def kern(x, w, out, CIN, NOB, P, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
+    def kern(x, w, out, CIN, NOB, P, Q0, Q1, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
         hi, a0, one, zero = np.float32(beta), alpha[0], np.float32(1.0), np.float32(0.0)
         acc = stack_f32(NACC)
         v = stack_f32(CB)
-        ntiles = (P + RP - 1) // RP
+        ntiles = (Q1 - Q0 + RP - 1) // RP
         xstep = np.uint64(CB if XB else 1)
         for og in range(NOB // NB):
             wb = og * CIN * COB
             for t in range(ntiles):
-                p0 = min(t * RP, P - RP)
+                p0 = min(Q0 + t * RP, Q1 - RP)
                 for i in range(NACC):
                     acc[i] = 0.0
                 for ci in range(CIN):
@@ -235,8 +236,8 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
     return kern
 
 
-PW_SIG = (_A, _A, _A, _I, _I, _I, types.int64[::1], _I, _A, _A, types.boolean, _A, types.float64, types.boolean,
-          _A, _A)
+PW_SIG = (_A, _A, _A, _I, _I, _I, _I, _I, types.int64[::1], _I, _A, _A, types.boolean, _A, types.float64,
+          types.boolean, _A, _A)
 
 
 def out_offsets(H: int, W: int, pads: tuple[int, int, int, int]) -> tuple[np.ndarray, int]:

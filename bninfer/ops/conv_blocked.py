@@ -103,9 +103,9 @@ def build(node, ins, outs):
     ys = nob * (OH + y_pads[0] + y_pads[2]) * (OW + y_pads[1] + y_pads[3]) * BK.CB  # one image's output
     rs = nob * P * BK.CB  # one image's residual
     if kind == "pw":
-        part_of, nparts, macs = _pointwise(g, ep, marks.x, y_pads, ins[1].data, vec)
+        part_of, macs = _pointwise(g, ep, marks.x, y_pads, ins[1].data, vec)
     else:
-        part_of, nparts, macs = _depthwise(g, ep, marks.x_pads is not None, y_pads, ins[1].data, vec)
+        part_of, macs = _depthwise(g, ep, marks.x_pads is not None, y_pads, ins[1].data, vec)
     has_res = ep.residual is not None
     scratch_y = None if marks.y else _PaddedInput(g.batch * ys)
     scratch_r = _PaddedInput(g.batch * rs) if has_res and not marks.res else None
@@ -127,12 +127,16 @@ def build(node, ins, outs):
         if border:
             BK.zero_border(y, N * nob, OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3], *y_pads)
         for n in range(N):
-            threads.split(part_of(x, r, y, n), nparts, macs)
+            threads.split(*part_of(x, r, y, n), macs)
         if scratch_y is not None:
             yo = o[0].reshape(-1)
             for n in range(N):
                 BK.from_blocked(y[n * ys:(n + 1) * ys], yo[n * cout * P:(n + 1) * cout * P], cout, P)
     return run
+
+
+# pixels per share when threads split a 1x1 layer over its pixels: at least a tile's (8 or 14)
+PIXEL_GRAIN = 16
 
 
 def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
@@ -158,11 +162,14 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     units = [(kern, nb, first + k * nb, wk, k * cin * nb * BK.CB)
              for kern, nb, first, wk in runs for k in range(len(wk) // (cin * nb * BK.CB))]
 
+    groups = max(1, P // PIXEL_GRAIN)
+
     def part_of(x, r, y, n):
+        """(part, count): the call threads.split runs over [0, count), and count."""
         xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
-        def part(u0, u1):  # units [u0, u1); a kernel's consecutive units in one call
+        def units_over(u0, u1, q0, q1):  # units [u0, u1) over pixels [q0, q1); a kernel's units in one call
             u = u0
             while u < u1:
                 kern, nb, b0, wk, w0 = units[u]
@@ -172,11 +179,19 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
                 b1 = b0 + (v - u) * nb
                 c0, c1 = b0 * BK.CB, b1 * BK.CB
                 kern(xn, wk[w0:w0 + (v - u) * cin * nb * BK.CB], yn[b0 * yplane:b1 * yplane], cin, b1 - b0, P,
-                     yoff, yplane, b[c0:c1], rn[c0 * P:c1 * P] if has_res else rn, has_res, alpha[c0:c1], beta,
-                     has_post, ps[c0:c1], pt[c0:c1])
+                     q0, q1, yoff, yplane, b[c0:c1], rn[c0 * P:c1 * P] if has_res else rn, has_res, alpha[c0:c1],
+                     beta, has_post, ps[c0:c1], pt[c0:c1])
                 u = v
-        return part
-    return part_of, len(units), cout * cin * P
+
+        def pixels(g0, g1):  # pixel groups [g0, g1) through every unit
+            units_over(0, len(units), g0 * PIXEL_GRAIN, P if g1 == groups else g1 * PIXEL_GRAIN)
+
+        if len(units) >= 2 * threads.current_size():
+            return (lambda u0, u1: units_over(u0, u1, 0, P)), len(units)
+        # too few output blocks to share out evenly (a projection to 16-64 channels): each thread takes
+        # a run of pixels through every block instead, reading all the weights and its share of the input
+        return pixels, groups
+    return part_of, cout * cin * P
 
 
 def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
@@ -200,6 +215,7 @@ def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
     has_res = ep.residual is not None
 
     def part_of(x, r, y, n):
+        """(part, count): the call threads.split runs over [0, count), and count."""
         xn, yn = x[n * nb * xblock:(n + 1) * nb * xblock], y[n * nb * yblock:(n + 1) * nb * yblock]
         rn = r[n * nb * rblock:(n + 1) * nb * rblock] if has_res else r
 
@@ -209,8 +225,8 @@ def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
                  b1 - b0, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW, b[c0:c1],
                  rn[b0 * rblock:b1 * rblock] if has_res else rn, has_res, alpha[c0:c1], beta, has_post,
                  ps[c0:c1], pt[c0:c1])
-        return part
+        return part, nb
     # the blocked depthwise kernel runs at about half a 1x1 layer's speed: its work counts twice. (Ten
     # times, as for the NCHW kernel, split 25 us layers in two: handing a part to a worker costs 10-20 us
     # here, and MobileNetV2's 14x14 depthwise layers ran twice as long on two threads as on one.)
-    return part_of, nb, 2 * C * OH * OW * KH * KW
+    return part_of, 2 * C * OH * OW * KH * KW
