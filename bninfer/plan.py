@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import concat_views, ops
+from . import concat_views, memory, ops
 from .ir import Graph, Node
 from .passes import layout
 
@@ -136,7 +136,7 @@ class Plan:
         return 4 * sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
 
     def _bind(self) -> "_Arena":
-        blocks = [np.empty(n, np.float32) for n in self.block_sizes]
+        blocks = [memory.aligned_empty(n) for n in self.block_sizes]
         size = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         bufs = [None if k in self.view_of else blocks[b][:size[k]].reshape(s)
                 for k, (b, s) in enumerate(zip(self.block_of, self.shapes))]

@@ -17,6 +17,7 @@ from numba import njit, types
 
 from ..activations import INLINE_CODES, NONE, activate_inline, activate_span, compile_span
 from ..kernel_cache import named
+from ..memory import aligned_copy
 from .conv_direct import _FASTMATH, stack_f32
 
 CB = 16
@@ -131,7 +132,7 @@ def pack_weights_pw(w: np.ndarray, nb: int) -> np.ndarray:
     nob = blocks(cout)
     full = np.zeros((nob * CB, cin), np.float32)
     full[:cout] = w
-    return np.ascontiguousarray(full.reshape(nob // nb, nb * CB, cin).transpose(0, 2, 1)).reshape(-1)
+    return aligned_copy(full.reshape(nob // nb, nb * CB, cin).transpose(0, 2, 1)).reshape(-1)
 
 
 def pw_tiles(nob: int) -> list[tuple[int, int, int, int]]:
@@ -281,7 +282,7 @@ def pack_weights_dw(w: np.ndarray) -> np.ndarray:
     nb = blocks(c)
     full = np.zeros((nb * CB, kh, kw), np.float32)
     full[:c] = w.reshape(c, kh, kw)
-    return np.ascontiguousarray(full.reshape(nb, CB, kh, kw).transpose(0, 2, 3, 1)).reshape(-1)
+    return aligned_copy(full.reshape(nb, CB, kh, kw).transpose(0, 2, 3, 1)).reshape(-1)
 
 
 def pick_dw_rw(ow: int) -> int:

@@ -37,6 +37,7 @@ from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
 from ..kernel_cache import named
+from ..memory import aligned_copy
 from ..activations import INLINE_CODES, NONE, activate_inline, activate_planes, compile_span, prologue_span
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
@@ -124,7 +125,7 @@ def pack_weights(w: np.ndarray, cinb: int, cib: int, cob: int) -> np.ndarray:
     full = np.zeros((nob * cob, cinb * cib, kh, kw), np.float32)
     full[:cout, :cin] = w
     full = full.reshape(nob, cob, cinb, cib, kh, kw).transpose(0, 2, 4, 3, 5, 1)
-    return np.ascontiguousarray(full).reshape(-1)
+    return aligned_copy(full).reshape(-1)
 
 
 # -- the dense direct kernel ---------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def pack_weights_pw(w: np.ndarray, cot: int) -> np.ndarray:
     nob = -(-cout // cot)
     full = np.zeros((nob * cot, cin), np.float32)
     full[:cout] = w
-    return np.ascontiguousarray(full.reshape(nob, cot, cin).transpose(0, 2, 1)).reshape(-1)
+    return aligned_copy(full.reshape(nob, cot, cin).transpose(0, 2, 1)).reshape(-1)
 
 
 def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
@@ -323,7 +324,7 @@ def pack_weights_px(w: np.ndarray, cot: int) -> np.ndarray:
     nob = -(-cout // cot)
     full = np.zeros((nob * cot, cin, kh, kw), np.float32)
     full[:cout] = w
-    return np.ascontiguousarray(full.reshape(nob, cot, cin, kh, kw).transpose(0, 2, 3, 4, 1)).reshape(-1)
+    return aligned_copy(full.reshape(nob, cot, cin, kh, kw).transpose(0, 2, 3, 4, 1)).reshape(-1)
 
 
 def rowvec_kernel(KH, KW, SH, SW, DH, DW, COT, PXT, ACT, RES=False, POST=False, cache=True):

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, types
 
 from ..kernel_cache import named
+from ..memory import aligned_copy
 from ..activations import INLINE_CODES, NONE, activate_inline, activate_planes, compile_span, prologue_span
 from .conv_direct import _FASTMATH, stack_f32
 
@@ -216,7 +217,7 @@ def pack_weights_blocked(w: np.ndarray, cpad: int) -> np.ndarray:
     c, _, kh, kw = w.shape
     full = np.zeros((cpad, kh, kw), np.float32)
     full[:c] = w.reshape(c, kh, kw)
-    return np.ascontiguousarray(full.reshape(cpad // CB, CB, kh, kw).transpose(0, 2, 3, 1)).reshape(-1)
+    return aligned_copy(full.reshape(cpad // CB, CB, kh, kw).transpose(0, 2, 3, 1)).reshape(-1)
 
 
 def blocked_kernel(KH, KW, SH, SW, RW, ACT, DH=1, DW=1, cache=True):

@@ -43,6 +43,7 @@ from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import conv as K
 from ..kernels import conv_direct as CD
 from ..kernels import depthwise as DWK
+from ..memory import aligned_zeros
 from . import fusion, register, require_float32
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -60,7 +61,7 @@ class _PaddedInput:
     def get(self) -> np.ndarray:
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = np.zeros(self.size, np.float32)
+            buf = self._local.buf = aligned_zeros(self.size)
         return buf
 
 

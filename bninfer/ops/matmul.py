@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import gemm as K
+from ..memory import aligned
 from .. import threads
 from . import broadcast_shapes, fusion, register, require_float32
 
@@ -239,7 +240,7 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
     kernel call (by column ranges over the run's threads when large enough)."""
     macs *= _STREAMING_WEIGHT
     k, n = (int(d) for d in w.shape)
-    w = np.ascontiguousarray(w).reshape(-1)
+    w = aligned(w).reshape(-1)
     if ep is None:
         zeros = np.zeros(n, np.float32)
         ep_args = (zeros, False, zeros, False, 0, zeros, 0.0, False, zeros, zeros)
