@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from bninfer.kernels import blocked as BK
 from bninfer.kernels import conv_direct as CD
 
 CASES = {
@@ -52,8 +53,17 @@ def main():
     cases["rowvec 3x3 s2 8ch x 32px clip"] = ("rowvec", (3, 3, 2, 2, 1, 1, 8, 32, 9))
     cases["depthwise blocked 3x3 s1 16ch x 7px"] = ("dwb", (3, 3, 1, 1, 7, 1))
     cases["depthwise blocked 3x3 s2 16ch x 7px"] = ("dwb", (3, 3, 2, 2, 7, 1))
+    # the channel-blocked layout's kernels (MobileNet and EfficientNet chains)
+    cases["blocked pointwise 2 blocks x 8px clip"] = ("bpw", (2, 8, 9))
+    cases["blocked depthwise 3x3 s1 8px clip"] = ("bdw", (3, 3, 1, 1, 1, 1, 8, 9))
+    cases["blocked stem 3x3 s2 2 blocks x 7px clip"] = ("bdense", (3, 3, 2, 2, 1, 1, 2, 7, 9))
+    blocked = {"bpw": (BK.pointwise_kernel, BK.PW_SIG), "bdw": (BK.depthwise_kernel, BK.DW_SIG),
+               "bdense": (BK.dense_kernel, BK.DENSE_SIG)}
     for name, (kind, consts) in cases.items():
-        if kind == "direct":
+        if kind in blocked:
+            make, sig = blocked[kind]
+            k = CD.compile_now(make(*consts, cache=False), sig)
+        elif kind == "direct":
             k = CD.compile_now(CD.direct_kernel(*consts, cache=False), CD.DIRECT_SIG)
             sig = CD.DIRECT_SIG
         elif kind == "pw":

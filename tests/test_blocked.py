@@ -9,6 +9,7 @@ import bninfer
 from bninfer import activations as A
 from bninfer.kernels import blocked as BK
 from bninfer.kernels import conv_direct as CD
+from bninfer.ops.conv_blocked import STEM_MAX_CHANNELS, STEM_MIN_WIDTH
 from tests.graphs import Builder
 from tests.test_threads import _split_run
 from tests.util import run_ort
@@ -90,6 +91,65 @@ def test_pointwise_kernel_over_pixel_ranges_gives_the_whole_layer(nb, rp, cout, 
     for q0, q1 in zip(bounds, bounds[1:]):
         kern(x, wt, parts, cin, BK.blocks(cout), P, q0, q1, yoff, yplane, bias, r, True, alpha, 6.0, False, ps, pt)
     np.testing.assert_array_equal(parts, whole)
+
+
+def _dense_reference(x, wt, stride, pads, dil):
+    cin, h, w = x.shape
+    cout, _, k, _ = wt.shape
+    ph, pw, eh, ew = pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (ph, eh), (pw, ew)))
+    oh = (h + ph + eh - (k - 1) * dil - 1) // stride + 1
+    ow = (w + pw + ew - (k - 1) * dil - 1) // stride + 1
+    out = np.zeros((cout, oh, ow))
+    for i in range(k):
+        for j in range(k):
+            tap = xp[:, i * dil:i * dil + stride * (oh - 1) + 1:stride, j * dil:j * dil + stride * (ow - 1) + 1:stride]
+            out += np.einsum("oc,chw->ohw", wt[:, :, i, j].astype(np.float64), tap)
+    return out
+
+
+@pytest.mark.parametrize("cin,cout,h,w,k,stride,pads,dil", [
+    (3, 32, 20, 30, 3, 2, (1, 1, 1, 1), 1), (1, 24, 17, 16, 3, 1, (1, 1, 1, 1), 1), (4, 40, 15, 33, 5, 2, (2, 1, 2, 2), 1),
+    (3, 16, 16, 20, 3, 1, (2, 2, 2, 2), 2), (2, 48, 29, 31, 7, 2, (3, 3, 3, 3), 1), (3, 8, 14, 16, 3, 1, (0, 0, 0, 0), 1)])
+@pytest.mark.parametrize("act,res,post,out_pads", [(A.CLIP, False, False, (1, 1, 1, 1)), (A.SWISH, False, False, (0, 0, 0, 0)),
+                                                   (A.LEAKY_RELU, True, True, (2, 1, 1, 2))])
+def test_dense_kernel_matches_numpy_over_row_ranges(cin, cout, h, w, k, stride, pads, dil, act, res, post, out_pads):
+    """The stem kernel (few input channels, blocked output) against numpy, its rows in two calls."""
+    rng = np.random.default_rng(cin * cout + h * w + k)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    want = _dense_reference(x, wt, stride, pads, dil)
+    oh, ow = want.shape[1:]
+    r = rng.standard_normal((cout, oh, ow)).astype(np.float32)
+    bias, alpha, ps, pt = _epilogue_operands(rng, cout)
+    if act not in A.INLINE_CODES:  # the span takes one alpha (the op's, the same for every channel)
+        alpha = BK.padded_vector(np.full(cout, 1.3), cout)
+    ph, pw, eh, ew = pads
+    hp, wp = h + ph + eh, w + pw + ew
+    xp = np.zeros(cin * hp * wp, np.float32)
+    CD.compile_now(BK.pad_planes, BK.PAD_SIG)
+    BK.pad_planes(x.reshape(-1), xp, cin, h, w, hp, wp, ph, pw)
+    nob = BK.blocks(cout)
+    yoff, yplane = BK.out_offsets(oh, ow, out_pads)
+    out = np.full(nob * yplane, np.nan, np.float32)
+    wfull = np.zeros((nob * 16, cin * k * k), np.float32)
+    wfull[:cout] = wt.reshape(cout, -1)
+    rb = _to_blocked(r)
+    for nb, rp, first, count in BK.pw_tiles(nob):
+        kern = CD.compile_now(BK.dense_kernel(k, k, stride, stride, dil, dil, nb, rp, act), BK.DENSE_SIG)
+        wk = BK.pack_weights_pw(wfull[first * 16:(first + count) * 16], nb)
+        c0, c1 = first * 16, (first + count) * 16
+        for r0, r1 in ((0, oh // 3), (oh // 3, oh)):
+            kern(xp, wk, out[first * yplane:(first + count) * yplane], cin, count, hp, wp, ow, r0, r1, yoff, yplane,
+                 bias[c0:c1], rb[c0 * oh * ow:c1 * oh * ow], res, alpha[c0:c1], 6.0, post, ps[c0:c1], pt[c0:c1])
+    want = want + bias[:cout, None, None] + (r if res else 0)
+    want = ACTS[act](want.reshape(cout, -1), alpha[:cout]).reshape(cout, oh, ow)
+    if post:
+        want = want * ps[:cout, None, None] + pt[:cout, None, None]
+    np.testing.assert_allclose(_from_blocked(out, cout, oh, ow, out_pads), want, rtol=1e-4, atol=1e-4 * np.sqrt(cin * k * k))
+    assert np.isfinite(_from_blocked(out, nob * 16, oh, ow, out_pads)).all()  # padding lanes written, finite
+    border = out.reshape(nob, oh + out_pads[0] + out_pads[2], ow + out_pads[1] + out_pads[3], 16)
+    assert np.isnan(border[:, :out_pads[0]]).all() and np.isnan(border[:, :, :out_pads[1]]).all()  # left alone
 
 
 def _dw_reference(x, wt, stride, pads, dil):
@@ -211,7 +271,8 @@ def test_depthwise_separable_blocks_run_blocked_and_match_onnxruntime(size, batc
     model, feeds = _mobile_net(size=size, batch=batch)
     sess, _ = _check(model, feeds)
     marks = _marks(sess)
-    assert len(marks) == 10  # every 1x1 and depthwise conv after the 3x3 stem
+    stem = size[1] >= STEM_MIN_WIDTH  # the 3x3 stem joins where its rows hold a tile
+    assert len(marks) == 10 + stem  # and every 1x1 and depthwise conv after it
     assert sum(m.y_pads is not None for m in marks) == 3  # the expands write the depthwise border
     assert marks[-1].y and marks[0].y and not marks[0].x  # enters from NCHW; the last one feeds the pool
     assert len(_marks(sess, "GlobalAveragePool")) == 1  # which reads it blocked
@@ -228,6 +289,52 @@ def test_blocked_result_equals_the_nchw_plan_and_splits_over_threads(size, n_thr
     out, parts = _split_run(model, feeds, n_threads, monkeypatch)
     assert parts and max(parts) == n_threads
     np.testing.assert_array_equal(out, ours[0])  # same sums, only on other threads
+
+
+def _stem_net(cin=3, size=(30, 28), stride=2, batch=1, act="Clip", tail=True, seed=1):
+    """An image's stem (a dense conv of cin channels) -> BN -> act -> depthwise -> BN -> act -> 1x1."""
+    b = Builder(seed)
+    x = b.bn(b.conv("x", cin, 24, k=3, stride=stride), 24)
+    x = b.node(act, [x]) if act != "Clip" else b.node("Clip", [x, b.const("lo", np.float32(0)), b.const("hi", np.float32(6))])
+    x = b.node("Relu", [b.bn(b.conv(x, 24, 24, k=3, group=24), 24)])
+    x = b.conv(x, 24, 20, k=1)
+    out = b.node("GlobalAveragePool", [x]) if tail else x
+    rng = np.random.default_rng(seed)
+    return b.model({"x": [batch, cin, *size]}, [out]), {"x": rng.standard_normal((batch, cin, *size)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("cin,size,stride,batch,act", [(3, (30, 28), 2, 1, "Clip"), (1, (16, 14), 1, 2, "Relu"),
+                                                       (4, (21, 40), 2, 1, "Sigmoid"), (3, (29, 29), 2, 2, "Clip")])
+def test_a_stem_writes_the_depthwise_chain_blocked(cin, size, stride, batch, act):
+    model, feeds = _stem_net(cin, size, stride, batch, act)
+    sess, ours = _check(model, feeds)
+    marks = _marks(sess)
+    assert len(marks) == 3 and not marks[0].x and marks[0].y and marks[0].y_pads == (1, 1, 1, 1)
+    from bninfer.plan import Plan
+    nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
+    np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-5 * np.abs(nchw[0]).max())
+
+
+def test_a_stem_splits_its_rows_over_threads(monkeypatch):
+    model, feeds = _stem_net(size=(40, 36))
+    _, ours = _check(model, feeds)
+    for n_threads in (2, 3):
+        out, parts = _split_run(model, feeds, n_threads, monkeypatch)
+        assert parts and max(parts) == n_threads
+        np.testing.assert_array_equal(out, ours[0])  # same sums, only on other threads
+
+
+def test_stems_too_narrow_or_with_many_channels_stay_nchw():
+    """(Then the depthwise conv, whose input is NCHW, stays out too, and with it the 1x1.)"""
+    narrow, feeds = _stem_net(size=(20, STEM_MIN_WIDTH * 2 - 2))  # a 3x3/2 gives rows of 13
+    sess, _ = _check(narrow, feeds)
+    assert _marks(sess) == []
+    wide, feeds = _stem_net(cin=STEM_MAX_CHANNELS + 1)
+    sess, _ = _check(wide, feeds)
+    assert _marks(sess) == []
+    ok, feeds = _stem_net(size=(20, STEM_MIN_WIDTH * 2))
+    sess, _ = _check(ok, feeds)
+    assert len(_marks(sess)) == 3
 
 
 def test_a_graph_output_inside_the_chain_stays_nchw():
@@ -342,7 +449,8 @@ def test_squeeze_excitation_blocks_run_blocked_and_match_onnxruntime(batch, size
     plan = next(iter(sess._plans.values()))
     marked = [st.node.op for st in plan.steps if st.node.attrs.get("_blocked")]
     assert marked.count("Mul") == 3 and marked.count("GlobalAveragePool") == 4  # the head's pool too
-    assert marked.count("Conv") == 10  # the first 1x1 on: every 1x1 and depthwise conv, SE convs excepted
+    # every 1x1 and depthwise conv, SE convs excepted, and the stem where its rows hold a tile
+    assert marked.count("Conv") == 10 + (size[1] >= STEM_MIN_WIDTH)
     from bninfer.plan import Plan
     nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
     np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-5)

@@ -36,10 +36,11 @@ def pads_of(node, ins) -> tuple[int, int, int, int]:
 
 
 def blocked_kind(node, ins) -> str | None:
-    """"pw" (1x1, stride 1, unpadded, group 1, at least PW_MIN_PIXELS pixels) or "dw" (depthwise,
-    multiplier 1, rows of at least DW_MIN_WIDTH) for a 2-D float32 Conv with constant weights and bias,
-    no prologue, no affine after an activation the kernels do not inline (INLINE_CODES) and a residual
-    (if any) of the output's shape; None for any other node."""
+    """"pw" (1x1, stride 1, unpadded, group 1, at least PW_MIN_PIXELS pixels), "dw" (depthwise,
+    multiplier 1, rows of at least DW_MIN_WIDTH) or "stem" (any other group-1 conv of at most
+    STEM_MAX_CHANNELS input channels, rows of at least STEM_MIN_WIDTH) for a 2-D float32 Conv with
+    constant weights and bias, no prologue, no affine after an activation the kernels do not inline
+    (INLINE_CODES) and a residual (if any) of the output's shape; None for any other node."""
     if node.op != "Conv" or len(ins) < 2 or ins[0] is None or ins[1] is None or ins[1].data is None:
         return None
     try:
@@ -67,7 +68,15 @@ def blocked_kind(node, ins) -> str | None:
         return "pw" if np.prod(g.out_spatial) >= BK.PW_MIN_PIXELS else None
     if g.group == g.in_channels == g.out_channels > 1:
         return "dw" if g.out_spatial[1] >= BK.DW_MIN_WIDTH else None
+    if g.group == 1 and g.in_channels <= STEM_MAX_CHANNELS and g.out_spatial[1] >= STEM_MIN_WIDTH:
+        return "stem"
     return None
+
+
+# a dense conv of this few input channels (an image's) takes bninfer.kernels.blocked.dense_kernel when a
+# depthwise-separable chain follows it; its rows must hold the widest tile (1 block x 14 pixels)
+STEM_MAX_CHANNELS = 4
+STEM_MIN_WIDTH = 14
 
 
 def _logical(v: Value, channels: int, pads) -> Value:
@@ -104,6 +113,8 @@ def build(node, ins, outs):
     rs = nob * P * BK.CB  # one image's residual
     if kind == "pw":
         part_of, macs = _pointwise(g, ep, marks.x, y_pads, ins[1].data, vec)
+    elif kind == "stem":
+        part_of, macs = _dense(g, ep, y_pads, ins[1].data, vec)
     else:
         part_of, macs = _depthwise(g, ep, marks.x_pads is not None, y_pads, ins[1].data, vec)
     has_res = ep.residual is not None
@@ -192,6 +203,45 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
         # a run of pixels through every block instead, reading all the weights and its share of the input
         return pixels, groups
     return part_of, cout * cin * P
+
+
+def _dense(g, ep, y_pads, wdata, vec):
+    """A stem: NCHW in (copied into a padded plane per run), blocked out, threads splitting its rows."""
+    cin, cout = g.in_channels, g.out_channels
+    H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
+    Hp, Wp = H + PH + EH, W + PW + EW
+    yoff, yplane = BK.out_offsets(OH, OW, y_pads)
+    nob = BK.blocks(cout)
+    w = np.zeros((nob * BK.CB, cin * KH * KW), np.float32)
+    w[:cout] = np.asarray(wdata, np.float32).reshape(cout, -1)
+    # pairs of blocks take 7-pixel tiles here (MobileNetV2's 3->32 stem: 202 us against 272 with 8)
+    runs = []
+    for nb, rp, first, count in BK.pw_tiles(nob):
+        kern = CD.compile_now(BK.dense_kernel(KH, KW, SH, SW, DH, DW, nb, 7 if nb == 2 else rp, ep.code),
+                              BK.DENSE_SIG)
+        runs.append((kern, first, count, BK.pack_weights_pw(w[first * BK.CB:(first + count) * BK.CB], nb)))
+    CD.compile_now(BK.pad_planes, BK.PAD_SIG)
+    padded = _PaddedInput(cin * Hp * Wp)
+    b, alpha, ps, pt = vec
+    xs, ys, rs = cin * H * W, nob * yplane, nob * BK.CB * OH * OW
+    beta, has_post = ep.beta, ep.has_post
+    has_res = ep.residual is not None
+
+    def part_of(x, r, y, n):
+        """(part, count): the call threads.split runs over [0, count), and count."""
+        xp = padded.get()  # the caller's: the workers read it too
+        BK.pad_planes(x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, Wp, PH, PW)
+        yn = y[n * ys:(n + 1) * ys]
+        rn = r[n * rs:(n + 1) * rs] if has_res else r
+
+        def rows(r0, r1):  # output rows [r0, r1) of every block
+            for kern, first, count, wk in runs:
+                c0, c1 = first * BK.CB, (first + count) * BK.CB
+                kern(xp, wk, yn[first * yplane:(first + count) * yplane], cin, count, Hp, Wp, OW, r0, r1, yoff,
+                     yplane, b[c0:c1], rn[c0 * OH * OW:c1 * OH * OW] if has_res else rn, has_res, alpha[c0:c1],
+                     beta, has_post, ps[c0:c1], pt[c0:c1])
+        return rows, OH
+    return part_of, cout * cin * KH * KW * OH * OW
 
 
 def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):

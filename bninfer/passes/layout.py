@@ -1,14 +1,15 @@
 """Channel-blocked values between depthwise-separable convolutions (run by the plan, on its own copy).
 
 A value becomes blocked, stored (N, ceil(C / 16), H, W, 16) (bninfer.kernels.blocked), when the node that
-makes it and every node that reads it take the blocked kernels (the members: 1x1 and depthwise convs,
+makes it and every node that reads it take the blocked kernels (the members: 1x1, depthwise and stem convs,
 bninfer.ops.conv_blocked.blocked_kind; squeeze-excitation's GlobalAveragePool, which only reads one, and
 per-channel Mul, bninfer.ops.excite_blocked.se_kind), and the chain of such values it belongs to holds a
 depthwise conv: the blocked depthwise kernel is what pays for the layout. 1x1-only chains (ResNet's
 bottlenecks) stay NCHW, as their neighbours, the 3x3 kernels, read and write it.
 
-A blocked chain's first 1x1 reads NCHW as it is (its inputs are broadcast either way); a depthwise conv
-joins only with a blocked input, a Mul only with a blocked input and output. A value read only by
+A blocked chain's first 1x1 reads NCHW as it is (its inputs are broadcast either way), as does a stem
+(a dense conv of an image's few channels, which then writes the first depthwise conv its blocked input);
+a depthwise conv joins only with a blocked input, a Mul only with a blocked input and output. A value read only by
 depthwise convs with the same pads is stored with that zero border, (N, NB, H + pads, W + pads, 16): its
 producer (a conv) writes straight into the padded buffer and the depthwise kernel reads it as it is. A
 chain member whose output leaves the chain writes NCHW through a scratch. The pass marks each member
@@ -43,7 +44,7 @@ def run(graph: Graph) -> Graph:
         """Every reader of `value` is a member that reads it where it can read a blocked value: a conv's X
         or residual, the input of a GlobalAveragePool, the scaled value of a Mul."""
         for node in graph.consumers(value):
-            if node.name not in kinds:
+            if node.name not in kinds or kinds[node.name] == "stem":  # a stem reads NCHW only
                 return False
             res = fusion.extra(node, "residual") if kinds[node.name] in ("pw", "dw") else None
             if any(name == value and k not in (main[node.name], res) for k, name in enumerate(node.inputs)):
@@ -93,7 +94,7 @@ def run(graph: Graph) -> Graph:
     pads = {}
     for value in blocked:
         readers = graph.consumers(value)
-        if kinds[graph.producer(value).name] not in ("pw", "dw"):
+        if kinds[graph.producer(value).name] not in ("pw", "dw", "stem"):
             continue  # only the conv kernels write a border
         # a depthwise reader that also adds the value as its residual reads it unpadded there
         found = {pads_of(n, [graph.values[i] if i else None for i in n.inputs])
