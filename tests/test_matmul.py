@@ -449,6 +449,28 @@ def test_vector_matrix_column_ranges(k, n):
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
 
 
+@pytest.mark.parametrize("k,n", [(4101, 128), (9216, 128), (7, 256), (1030, 3)])
+def test_narrow_rows_prefetched_ahead_give_the_product(k, n):
+    """Rows of at most NARROW_ROW columns are prefetched ahead (up to the last row, never past it): the
+    whole layer in one call, and in two shares of rows as the threads run it."""
+    from bninfer.kernels.gemm import NARROW_ROW, sum_rows, vector_matrix, vector_matrix_rows
+    assert n <= NARROW_ROW
+    rng = np.random.default_rng(k * n)
+    x, w = rng.standard_normal(k).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    ref = x.astype(np.float64) @ w
+    zeros = np.zeros(n, np.float32)
+    y = np.full(n, np.nan, np.float32)
+    vector_matrix(x, w.reshape(-1), y, k, n, 0, n, zeros, False, zeros, False, activations.NONE, zeros, 0.0,
+                  False, zeros, zeros)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    parts = np.full(2 * n, np.nan, np.float32)
+    cut = k // 8 * 4
+    vector_matrix_rows(x, w.reshape(-1), parts[:n], n, 0, cut)
+    vector_matrix_rows(x, w.reshape(-1), parts[n:], n, cut, k)
+    sum_rows(parts, 2, y, n, zeros, False, zeros, False, activations.NONE, zeros, 0.0, False, zeros, zeros)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
 def test_one_row_runtime_bias_and_threads():
     """Gemm with a run-time C vector; a layer large enough for the threaded path (split over column ranges
     when the workers are awake)."""

@@ -17,7 +17,9 @@ epilogue in one call.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, uint64
+from llvmlite import ir
+from numba import njit, types, uint64
+from numba.extending import intrinsic
 
 from ..activations import CLIP, LEAKY_RELU, NONE, PRELU, RELU, apply
 
@@ -25,6 +27,41 @@ from ..activations import CLIP, LEAKY_RELU, NONE, PRELU, RELU, apply
 # columns accumulated at once by vector_matrix: their partial sums (8 KB) stay in L1 while the weight
 # rows stream past
 COLUMN_BLOCK = 2048
+
+
+# One-row products over narrow weight rows (at most NARROW_ROW columns, MNIST's 9216 x 128) prefetch the
+# rows PREFETCH_BYTES ahead: from memory, 9216 x 128 took 330 us without, 240 with. Wide rows gained 5 %
+# or lost (512 x 4096: 313 -> 357 us): the hardware prefetcher follows them on its own.
+NARROW_ROW = 256
+PREFETCH_BYTES = 16384
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """A read prefetch of arr[idx]'s cache line into every level (llvm.prefetch): a hint, never a fault."""
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=fnty)
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(arr, idx), codegen
+
+
+@njit(cache=True, inline="always")
+def _prefetch_ahead(w, r0, n64, total):
+    """Prefetch the four rows of n64 values PREFETCH_BYTES past offset r0 of w (total values): one
+    prefetch per cache line."""
+    p = r0 + uint64(PREFETCH_BYTES // 4)
+    e = min(p + uint64(4) * n64, total)
+    while p < e:
+        _prefetch(w, p)
+        p += uint64(16)
 
 
 @njit(cache=True, inline="always")
@@ -83,6 +120,7 @@ def vector_matrix_rows(x, w, y, n, k0, k1):
     them); sum_rows then adds the shares and applies the epilogue."""
     x = x.reshape(x.size)
     n64 = uint64(n)
+    narrow, total = n <= NARROW_ROW, uint64(k1) * n64
     for c in range(n64):
         y[c] = np.float32(0.0)
     j = k0
@@ -92,6 +130,8 @@ def vector_matrix_rows(x, w, y, n, k0, k1):
         r1 = r0 + n64
         r2 = r1 + n64
         r3 = r2 + n64
+        if narrow:
+            _prefetch_ahead(w, r0, n64, total)
         for c in range(n64):
             y[c] += (x0 * w[r0 + c] + x1 * w[r1 + c]) + (x2 * w[r2 + c] + x3 * w[r3 + c])
         j += 4
@@ -133,6 +173,7 @@ def vector_matrix(x, w, y, k, n, c0, c1, bias, has_bias, residual, has_residual,
     pairwise before they meet the partial sum, a shorter chain of float32 roundings than row by row."""
     x, y = x.reshape(x.size), y.reshape(y.size)
     n64 = uint64(n)
+    narrow, total = n <= NARROW_ROW and c0 == 0 and c1 == n, uint64(k) * n64  # (whole rows: contiguous)
     for b0 in range(c0, c1, COLUMN_BLOCK):
         lo, hi = uint64(b0), uint64(min(c1, b0 + COLUMN_BLOCK))
         for c in range(lo, hi):
@@ -144,6 +185,8 @@ def vector_matrix(x, w, y, k, n, c0, c1, bias, has_bias, residual, has_residual,
             r1 = r0 + n64  # uint64 throughout: a signed index keeps Numba's wraparound (gathers)
             r2 = r1 + n64
             r3 = r2 + n64
+            if narrow:
+                _prefetch_ahead(w, r0, n64, total)
             for c in range(lo, hi):
                 y[c] += (x0 * w[r0 + c] + x1 * w[r1 + c]) + (x2 * w[r2 + c] + x3 * w[r3 + c])
             j += 4
