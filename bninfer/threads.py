@@ -320,9 +320,25 @@ def current_size() -> int:
     return 1 if cur is None else cur.size
 
 
+# A worker starts its part about this much after the caller starts its own (the hand-over: its spin
+# sees the part, it takes the GIL, Python calls the kernel), at about MACS_PER_US multiply-adds a
+# microsecond: the caller's share is that much larger, so that the parts end together.
+WORKER_LAG_US = 8.0
+MACS_PER_US = 40_000.0
+
+
+def _shares(n: int, grain: int, units: int, parts: int, macs: float) -> list[tuple[int, int]]:
+    """`parts` ranges over [0, n) (bounds multiples of `grain`, but n): the first, the caller's, larger by
+    the units a worker's late start is worth (at most an even share more), the rest even."""
+    lag = min(units / parts, WORKER_LAG_US * MACS_PER_US * units / macs)
+    each = (units - lag) / parts
+    bounds = [0] + [min(n, round(lag + each * k) * grain) for k in range(1, parts)] + [n]
+    return [(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
 def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1) -> None:
-    """call(a, b) over [0, n) in contiguous ranges (bounds multiples of `grain`, but n), one per thread of
-    the current run, when the work (`macs` multiply-adds in all) gives each at least MIN_PART_MACS (and
+    """call(a, b) over [0, n) in contiguous ranges (bounds multiples of `grain`, but n; the caller's a
+    little larger, _shares), one per thread of the current run, when the work (`macs` multiply-adds in all) gives each at least MIN_PART_MACS (and
     MIN_WAKE_MACS in all when the workers sleep); else call(0, n) on the calling thread."""
     cur = _local.__dict__.get("current")
     units = -(-n // grain)
@@ -330,8 +346,7 @@ def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1)
     if parts > 1:
         pool = cur.pool
         if macs >= MIN_WAKE_MACS or not pool.asleep():
-            bounds = [min(n, (units * k // parts) * grain) for k in range(parts + 1)]
-            pool.map(call, [(bounds[k], bounds[k + 1]) for k in range(parts)])
+            pool.map(call, _shares(n, grain, units, parts, macs))
             return
         pool.wake()  # this layer runs here; the ones after it find the workers spinning
     call(0, n)

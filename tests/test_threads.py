@@ -438,3 +438,20 @@ def test_one_row_products_split_over_rows_from_several_threads_at_once(monkeypat
     for t in ts:
         t.join()
     assert not bad
+
+
+@pytest.mark.parametrize("n,grain,parts,macs", [(9, 1, 2, 8e6), (36, 1, 2, 4e6), (112, 1, 3, 2e6), (1000, 16, 2, 5e7),
+                                                (1003, 16, 3, 1e10), (5, 1, 2, 1e3)])
+def test_shares_cover_the_range_and_give_the_caller_the_workers_late_start(n, grain, parts, macs):
+    from bninfer.threads import MACS_PER_US, WORKER_LAG_US, _shares
+    units = -(-n // grain)
+    shares = _shares(n, grain, units, parts, macs)
+    assert len(shares) == parts and shares[0][0] == 0 and shares[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(shares, shares[1:])) and all(a <= b for a, b in shares)
+    assert all(a % grain == 0 for a, _ in shares)
+    sizes = [b - a for a, b in shares]
+    assert sizes[0] >= max(sizes[1:]) - grain  # the caller's share: never the smaller
+    lag_units = WORKER_LAG_US * MACS_PER_US * units / macs
+    if lag_units < 0.5:  # a large layer: as even as the grain allows
+        assert max(sizes) - min(sizes) <= 2 * grain
+    assert sizes[0] <= 2 * n / parts + grain  # at most an even share more
