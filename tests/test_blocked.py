@@ -93,19 +93,20 @@ def test_pointwise_kernel_over_pixel_ranges_gives_the_whole_layer(nb, rp, cout, 
     np.testing.assert_array_equal(parts, whole)
 
 
-def _dense_reference(x, wt, stride, pads, dil):
-    cin, h, w = x.shape
-    cout, _, k, _ = wt.shape
+def _taps(x, k, stride, pads, dil):
+    """Per kernel tap (i, j), the float64 input it multiplies: (C, OH, OW)."""
+    _, h, w = x.shape
     ph, pw, eh, ew = pads
     xp = np.pad(x.astype(np.float64), ((0, 0), (ph, eh), (pw, ew)))
     oh = (h + ph + eh - (k - 1) * dil - 1) // stride + 1
     ow = (w + pw + ew - (k - 1) * dil - 1) // stride + 1
-    out = np.zeros((cout, oh, ow))
-    for i in range(k):
-        for j in range(k):
-            tap = xp[:, i * dil:i * dil + stride * (oh - 1) + 1:stride, j * dil:j * dil + stride * (ow - 1) + 1:stride]
-            out += np.einsum("oc,chw->ohw", wt[:, :, i, j].astype(np.float64), tap)
-    return out
+    return [(i, j, xp[:, i * dil:i * dil + stride * (oh - 1) + 1:stride,
+                      j * dil:j * dil + stride * (ow - 1) + 1:stride]) for i in range(k) for j in range(k)]
+
+
+def _dense_reference(x, wt, stride, pads, dil):
+    taps = _taps(x, wt.shape[-1], stride, pads, dil)
+    return sum(np.einsum("oc,chw->ohw", wt[:, :, i, j].astype(np.float64), tap) for i, j, tap in taps)
 
 
 @pytest.mark.parametrize("cin,cout,h,w,k,stride,pads,dil", [
@@ -153,18 +154,8 @@ def test_dense_kernel_matches_numpy_over_row_ranges(cin, cout, h, w, k, stride, 
 
 
 def _dw_reference(x, wt, stride, pads, dil):
-    c, h, w = x.shape
-    k = wt.shape[-1]
-    ph, pw, eh, ew = pads
-    xp = np.pad(x.astype(np.float64), ((0, 0), (ph, eh), (pw, ew)))
-    oh = (h + ph + eh - (k - 1) * dil - 1) // stride + 1
-    ow = (w + pw + ew - (k - 1) * dil - 1) // stride + 1
-    out = np.zeros((c, oh, ow))
-    for i in range(k):
-        for j in range(k):
-            out += wt[:, 0, i, j, None, None] * xp[:, i * dil:i * dil + stride * (oh - 1) + 1:stride,
-                                                   j * dil:j * dil + stride * (ow - 1) + 1:stride]
-    return out
+    taps = _taps(x, wt.shape[-1], stride, pads, dil)
+    return sum(wt[:, 0, i, j, None, None] * tap for i, j, tap in taps)
 
 
 @pytest.mark.parametrize("c,h,w,k,stride,pads,dil", [
