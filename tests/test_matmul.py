@@ -431,7 +431,7 @@ def test_one_row_takes_the_vector_kernel(monkeypatch):
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("k,n", [(1, 1), (3, 2049), (4101, 37)])
+@pytest.mark.parametrize("k,n", [(1, 1), (3, 2049), (4101, 37), (1003, 300), (21, 2100)])
 def test_vector_matrix_column_ranges(k, n):
     """Column ranges (as the threads split them) each get the product and the epilogue; columns
     past COLUMN_BLOCK and every remainder of k."""
@@ -449,12 +449,12 @@ def test_vector_matrix_column_ranges(k, n):
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
 
 
-@pytest.mark.parametrize("k,n", [(4101, 128), (9216, 128), (7, 256), (1030, 3)])
-def test_narrow_rows_prefetched_ahead_give_the_product(k, n):
-    """Rows of at most NARROW_ROW columns are prefetched ahead (up to the last row, never past it): the
-    whole layer in one call, and in two shares of rows as the threads run it."""
-    from bninfer.kernels.gemm import NARROW_ROW, sum_rows, vector_matrix, vector_matrix_rows
-    assert n <= NARROW_ROW
+@pytest.mark.parametrize("k,n", [(4101, 128), (9216, 128), (7, 256), (1030, 3), (1003, 257), (23, 1000)])
+def test_one_row_products_over_narrow_and_wide_rows(k, n):
+    """Rows of at most NARROW_ROW columns are prefetched ahead (up to the last row, never past it), wider
+    ones taken eight at a time (then four, then one): the whole layer in one call, and in two shares of
+    rows as the threads run it."""
+    from bninfer.kernels.gemm import sum_rows, vector_matrix, vector_matrix_rows
     rng = np.random.default_rng(k * n)
     x, w = rng.standard_normal(k).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
     ref = x.astype(np.float64) @ w
