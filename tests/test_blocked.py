@@ -54,7 +54,7 @@ def test_pointwise_kernel_matches_numpy(cin, cout, h, w, x_blocked, act, res, po
     wt = rng.standard_normal((cout, cin)).astype(np.float32)
     r = rng.standard_normal((cout, h, w)).astype(np.float32)
     nob = BK.blocks(cout)
-    nb, rp = (2, 8) if nob % 2 == 0 else (1, 14)
+    nb, rp = (2, 8) if nob % 2 == 0 else (1, 7)
     kern = CD.compile_now(BK.pointwise_kernel(nb, rp, act, x_blocked), BK.PW_SIG)
     bias, alpha, ps, pt = _epilogue_operands(rng, cout)
     yoff, yplane = BK.out_offsets(h, w, pads)
@@ -91,6 +91,15 @@ def test_pointwise_kernel_over_pixel_ranges_gives_the_whole_layer(nb, rp, cout, 
     for q0, q1 in zip(bounds, bounds[1:]):
         kern(x, wt, parts, cin, BK.blocks(cout), P, q0, q1, yoff, yplane, bias, r, True, alpha, 6.0, False, ps, pt)
     np.testing.assert_array_equal(parts, whole)
+
+
+@pytest.mark.parametrize("nob", [1, 2, 3, 9])
+@pytest.mark.parametrize("pixels,rp", [(49, 7), (196, 7), (784, 8), (3136, 8), (12544, 8), (15, 8), (14, 7)])
+def test_pw_tiles_cover_every_block_with_the_tile_that_recomputes_least(nob, pixels, rp):
+    tiles = BK.pw_tiles(nob, pixels)
+    assert {t[1] for t in tiles} == {rp}
+    covered = [b for nb, _, first, count in tiles for b in range(first, first + count)]
+    assert covered == list(range(nob)) and all(count % nb == 0 for nb, _, _, count in tiles)
 
 
 def _taps(x, k, stride, pads, dil):
@@ -136,7 +145,8 @@ def test_dense_kernel_matches_numpy_over_row_ranges(cin, cout, h, w, k, stride, 
     wfull = np.zeros((nob * 16, cin * k * k), np.float32)
     wfull[:cout] = wt.reshape(cout, -1)
     rb = _to_blocked(r)
-    for nb, rp, first, count in BK.pw_tiles(nob):
+    for nb, _, first, count in BK.pw_tiles(nob, ow):
+        rp = 7 if nb == 2 else 14  # as bninfer.ops.conv_blocked._dense takes them
         kern = CD.compile_now(BK.dense_kernel(k, k, stride, stride, dil, dil, nb, rp, act), BK.DENSE_SIG)
         wk = BK.pack_weights_pw(wfull[first * 16:(first + count) * 16], nb)
         c0, c1 = first * 16, (first + count) * 16

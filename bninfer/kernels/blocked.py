@@ -135,14 +135,18 @@ def pack_weights_pw(w: np.ndarray, nb: int) -> np.ndarray:
     return aligned_copy(full.reshape(nob // nb, nb * CB, cin).transpose(0, 2, 1)).reshape(-1)
 
 
-def pw_tiles(nob: int) -> list[tuple[int, int, int, int]]:
-    """How a 1x1 conv of nob output blocks is tiled: (NB, RP, first block, blocks) per kernel. Pairs
-    of blocks take tiles of 2 blocks x 8 pixels (95-110 GFLOP/s on MobileNet's and EfficientNet's
-    1x1 layers since the store is one vector per pixel and block; 2 x 10 ran 5-40 % slower); an odd
-    last block takes 1 x 14 (75-110). Three or four blocks fell to 7-25 (the SLP vectorizer gives up
-    on the tile). A fixed set of tiles (P >= PW_MIN_PIXELS), so a fixed set of kernels to compile."""
-    tiles = [(2, 8, 0, nob - nob % 2)] if nob >= 2 else []
-    return tiles + ([(1, 14, nob - 1, 1)] if nob % 2 else [])
+def pw_tiles(nob: int, pixels: int) -> list[tuple[int, int, int, int]]:
+    """How a 1x1 conv of nob output blocks over `pixels` pixels is tiled: (NB, RP, first block, blocks)
+    per kernel. Pairs of blocks take tiles of 2 blocks x RP pixels (95-110 GFLOP/s on MobileNet's and
+    EfficientNet's 1x1 layers since the store is one vector per pixel and block; 2 x 10 ran 5-40 %
+    slower); an odd last block 1 x RP. Three or four blocks fell to 7-25 (the SLP vectorizer gives up
+    on the tile). RP is 8, or 7 where 7 leaves less of the last tile recomputed: a 7x7 image's 49 pixels
+    take seven tiles of 7 against seven of 8 (MobileNetV2's 7x7 1x1 layers 12 % faster), 14x14 takes 28
+    of 7 (2 %); on larger images the two ran alike. (The odd block's 1 x 14 ran 0-12 % slower than 1 x 7
+    or 1 x 8.) A fixed set of tiles (pixels >= PW_MIN_PIXELS), so a fixed set of kernels to compile."""
+    rp = min((8, 7), key=lambda r: -(-pixels // r) * r)
+    tiles = [(2, rp, 0, nob - nob % 2)] if nob >= 2 else []
+    return tiles + ([(1, rp, nob - 1, 1)] if nob % 2 else [])
 
 
 PW_MIN_PIXELS = 14

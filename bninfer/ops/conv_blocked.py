@@ -160,7 +160,7 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     w[:cout] = np.asarray(wdata, np.float32).reshape(cout, cin)
     # one kernel per run of blocks (pairs, then an odd last one): (kernel, nb, first block, packed weights)
     runs = []
-    for nb, rp, first, count in BK.pw_tiles(nob):
+    for nb, rp, first, count in BK.pw_tiles(nob, P):
         kern = CD.compile_now(BK.pointwise_kernel(nb, rp, ep.code, x_blocked), BK.PW_SIG)
         rows = w[first * BK.CB:(first + count) * BK.CB]
         runs.append((kern, nb, first, BK.pack_weights_pw(rows, nb)))
@@ -214,10 +214,11 @@ def _dense(g, ep, y_pads, wdata, vec):
     nob = BK.blocks(cout)
     w = np.zeros((nob * BK.CB, cin * KH * KW), np.float32)
     w[:cout] = np.asarray(wdata, np.float32).reshape(cout, -1)
-    # pairs of blocks take 7-pixel tiles here (MobileNetV2's 3->32 stem: 202 us against 272 with 8)
+    # pairs of blocks take 7-pixel tiles here (MobileNetV2's 3->32 stem: 202 us against 272 with 8), an
+    # odd block 14 (its rows hold a tile of either)
     runs = []
-    for nb, rp, first, count in BK.pw_tiles(nob):
-        kern = CD.compile_now(BK.dense_kernel(KH, KW, SH, SW, DH, DW, nb, 7 if nb == 2 else rp, ep.code),
+    for nb, _, first, count in BK.pw_tiles(nob, OW):
+        kern = CD.compile_now(BK.dense_kernel(KH, KW, SH, SW, DH, DW, nb, 7 if nb == 2 else 14, ep.code),
                               BK.DENSE_SIG)
         runs.append((kern, first, count, BK.pack_weights_pw(w[first * BK.CB:(first + count) * BK.CB], nb)))
     CD.compile_now(BK.pad_planes, BK.PAD_SIG)
