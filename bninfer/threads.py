@@ -338,8 +338,9 @@ def _shares(n: int, grain: int, units: int, parts: int, macs: float) -> list[tup
 
 def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1) -> None:
     """call(a, b) over [0, n) in contiguous ranges (bounds multiples of `grain`, but n; the caller's a
-    little larger, _shares), one per thread of the current run, when the work (`macs` multiply-adds in all) gives each at least MIN_PART_MACS (and
-    MIN_WAKE_MACS in all when the workers sleep); else call(0, n) on the calling thread."""
+    little larger, _shares), one per thread of the current run, when the work (`macs` multiply-adds in
+    all) gives each at least MIN_PART_MACS (and MIN_WAKE_MACS in all when the workers sleep); else
+    call(0, n) on the calling thread."""
     cur = _local.__dict__.get("current")
     units = -(-n // grain)
     parts = 1 if cur is None else min(cur.size, units, int(macs // MIN_PART_MACS))

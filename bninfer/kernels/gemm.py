@@ -185,11 +185,11 @@ def vector_matrix(x, w, y, k, n, c0, c1, bias, has_bias, residual, has_residual,
 
     x, y: contiguous 2-D float32 arrays of k and of n values (taken 2-D as the plan holds them: a reshape
     per call cost more than this kernel on small layers); w: the (k, n) weights, flat; residual: float32
-    of n. The weights stream through
-    once, row by row, four rows per pass over a block of columns whose partial sums stay in L1: the
-    layer runs at the memory's speed, which is all a matrix-vector product can (a BLAS call, and the
-    epilogue as a second call, cost more than the product on small layers). Four rows are summed
-    pairwise before they meet the partial sum, a shorter chain of float32 roundings than row by row."""
+    of n. The weights stream through once, eight rows per pass (four on narrow rows, prefetched ahead:
+    NARROW_ROW) over a block of columns whose partial sums stay in L1: the layer runs at the memory's
+    speed, which is all a matrix-vector product can (a BLAS call, and the epilogue as a second call,
+    cost more than the product on small layers). A pass's rows are summed pairwise before they meet the
+    partial sum, a shorter chain of float32 roundings than row by row."""
     x, y = x.reshape(x.size), y.reshape(y.size)
     n64 = uint64(n)
     narrow, total = n <= NARROW_ROW and c0 == 0 and c1 == n, uint64(k) * n64  # (whole rows: contiguous)

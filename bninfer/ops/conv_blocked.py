@@ -146,7 +146,7 @@ def build(node, ins, outs):
     return run
 
 
-# pixels per share when threads split a 1x1 layer over its pixels: at least a tile's (8 or 14)
+# pixels per share when threads split a 1x1 layer over its pixels: at least a tile's (7 or 8)
 PIXEL_GRAIN = 16
 
 

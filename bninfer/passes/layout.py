@@ -9,12 +9,12 @@ bottlenecks) stay NCHW, as their neighbours, the 3x3 kernels, read and write it.
 
 A blocked chain's first 1x1 reads NCHW as it is (its inputs are broadcast either way), as does a stem
 (a dense conv of an image's few channels, which then writes the first depthwise conv its blocked input);
-a depthwise conv joins only with a blocked input, a Mul only with a blocked input and output. A value read only by
-depthwise convs with the same pads is stored with that zero border, (N, NB, H + pads, W + pads, 16): its
-producer (a conv) writes straight into the padded buffer and the depthwise kernel reads it as it is. A
-chain member whose output leaves the chain writes NCHW through a scratch. The pass marks each member
-with attrs["_blocked"] (a Marks) and gives blocked values their stored shape; the optimized graph the
-session shows (and saves) stays plain NCHW.
+a depthwise conv joins only with a blocked input, a Mul only with a blocked input and output. A value
+read only by depthwise convs with the same pads is stored with that zero border, (N, NB, H + pads,
+W + pads, 16): its producer (a conv) writes straight into the padded buffer and the depthwise kernel
+reads it as it is. A chain member whose output leaves the chain writes NCHW through a scratch. The
+pass marks each member with attrs["_blocked"] (a Marks) and gives blocked values their stored shape;
+the optimized graph the session shows (and saves) stays plain NCHW.
 """
 from __future__ import annotations
 
