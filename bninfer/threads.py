@@ -27,6 +27,8 @@ import numpy as np
 
 BLAS_SERIAL_MACS = 4 * 65536  # OpenBLAS's GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
 MIN_PART_MACS = 2_000_000  # less work per part (~15 us) does not pay for the hand-over to a spinning worker
+# the same for parts the workers run natively (split_calls), whose hand-over takes a microsecond or two
+MIN_NATIVE_PART_MACS = 400_000
 # waking a sleeping worker takes ~150 us here: only a layer this large does it (a small model whose one
 # large layer came after a pause ran slower on 2 threads than on 1)
 MIN_WAKE_MACS = 30_000_000
@@ -121,8 +123,10 @@ def _place(workers: list[threading.Thread], placed: list) -> None:
 
 
 # a worker's flag words (one cache line per worker): the task number posted by the caller, the last one
-# the worker finished, whether the worker is awake (spinning or working), whether the caller sleeps
-_POSTED, _DONE, _AWAKE, _CALLER_ASLEEP, _WAKING = 0, 1, 2, 3, 4
+# the worker finished, whether the worker is awake (spinning or working), whether the caller sleeps,
+# whether a wake-up is on its way, the part table of a native part (0: a part for Python), the last
+# task number the worker saw
+_POSTED, _DONE, _AWAKE, _CALLER_ASLEEP, _WAKING, _TASK, _SEEN = 0, 1, 2, 3, 4, 5, 6
 _WORKER_SPIN_TICKS = 2_000_000  # ~1 ms: how long an idle worker spins for the next part before it sleeps
 _CALLER_SPIN_TICKS = 40_000_000  # ~15 ms: how long the caller spins for a worker's part before it sleeps
 _MAX_POLLS = 1_000_000  # bounds both where the cycle counter does not run
@@ -154,8 +158,9 @@ class Workers:
     no more). A stale wake-up only makes a sleeper check again."""
 
     def __init__(self, size: int):
+        from .kernels.calls import run_table
         from .kernels.spin import serve_wait, wait_while
-        self._wait, self._serve_wait = wait_while, serve_wait
+        self._wait, self._serve_wait, self._run_table = wait_while, serve_wait, run_table
         self.size = size
         n = size - 1
         self._rows = list(np.zeros((n, 8), np.int64))  # 64 bytes of flags per worker: no shared words
@@ -172,28 +177,27 @@ class Workers:
             t.start()
 
     def _serve(self, k: int) -> None:
-        row, seen, done = self._rows[k], 0, -1
+        row, done = self._rows[k], -1
         while True:
-            v = self._serve_wait(row, _DONE, done, _CALLER_ASLEEP, _POSTED, seen, _WORKER_SPIN_TICKS, _MAX_POLLS,
-                                 _SETTLE_TICKS)
+            v = self._serve_wait(row, _DONE, done, _CALLER_ASLEEP, _POSTED, _SEEN, _TASK, _WORKER_SPIN_TICKS,
+                                 _MAX_POLLS, _SETTLE_TICKS)
             done = -1
             if v == -2:  # the part is published done, and the caller sleeps on its queue
                 self._done[k].put(None)
                 continue
-            if v == seen:
+            if v == -1:
                 row[_AWAKE] = 0  # nothing came: sleep until the caller posts and sees this
-                if row[_POSTED] == seen:
+                if row[_POSTED] == row[_SEEN]:
                     self._wake[k].get()
                 row[_AWAKE], row[_WAKING] = 1, 0
                 continue
-            seen = int(v)
             fn, part = self._slots[k]
             try:
                 fn(*part)
                 self._slots[k] = None
             except BaseException as e:  # noqa: BLE001 — handed to the caller, raised there
                 self._slots[k] = e
-            done = seen  # published by serve_wait, once this thread has let the GIL go
+            done = int(v)  # published by serve_wait, once this thread has let the GIL go
 
     def asleep(self) -> bool:
         return not all(row[_AWAKE] for row in self._rows)
@@ -213,6 +217,27 @@ class Workers:
         finally:
             self._lock.release()
 
+    def _post(self, k: int, task: int) -> None:
+        row = self._rows[k]
+        row[_TASK] = task  # before the part's number: the worker reads it once it sees the number
+        row[_POSTED] += 1
+        if not row[_AWAKE] and not row[_WAKING]:
+            row[_WAKING] = 1
+            self._wake[k].put(None)
+
+    def _collect(self, k: int) -> None:
+        """Wait for worker k's part."""
+        row = self._rows[k]
+        seq = row[_POSTED]
+        if self._wait(row, _DONE, seq - 1, _CALLER_SPIN_TICKS, _MAX_POLLS) != seq:
+            row[_CALLER_ASLEEP] = 1
+            while row[_DONE] != seq:  # the timeout: a wake-up lost between the two flags
+                try:
+                    self._done[k].get(timeout=0.001)
+                except queue.Empty:
+                    pass
+            row[_CALLER_ASLEEP] = 0
+
     def map(self, fn: Callable, parts: list[tuple]) -> None:
         """fn(*part) for every part (at most `size`); the first exception is raised once all parts are
         done (so no worker still writes into the caller's buffers)."""
@@ -224,31 +249,36 @@ class Workers:
             _place(self._threads, self._placed)
             workers = range(len(parts) - 1)
             for k in workers:
-                row = self._rows[k]
                 self._slots[k] = (fn, parts[k + 1])
-                row[_POSTED] += 1
-                if not row[_AWAKE] and not row[_WAKING]:
-                    row[_WAKING] = 1
-                    self._wake[k].put(None)
+                self._post(k, 0)
             error = None
             try:
                 fn(*parts[0])
             except BaseException as e:  # noqa: BLE001
                 error = e
             for k in workers:
-                row = self._rows[k]
-                seq = row[_POSTED]
-                if self._wait(row, _DONE, seq - 1, _CALLER_SPIN_TICKS, _MAX_POLLS) != seq:
-                    row[_CALLER_ASLEEP] = 1
-                    while row[_DONE] != seq:  # the timeout: a wake-up lost between the two flags
-                        try:
-                            self._done[k].get(timeout=0.001)
-                        except queue.Empty:
-                            pass
-                    row[_CALLER_ASLEEP] = 0
+                self._collect(k)
                 error = error or self._slots[k]
             if error is not None:
                 raise error
+        finally:
+            self._lock.release()
+
+    def run_tables(self, tables: list[int]) -> None:
+        """Every part table (bninfer.kernels.calls, at most `size`), the first on the calling thread:
+        the workers run theirs natively, without the GIL."""
+        if len(tables) == 1 or not self._lock.acquire(blocking=False):
+            for t in tables:
+                self._run_table(t)
+            return
+        try:
+            _place(self._threads, self._placed)
+            workers = range(len(tables) - 1)
+            for k in workers:
+                self._post(k, tables[k + 1])
+            self._run_table(tables[0])
+            for k in workers:
+                self._collect(k)
         finally:
             self._lock.release()
 
@@ -327,10 +357,15 @@ WORKER_LAG_US = 8.0
 MACS_PER_US = 40_000.0
 
 
-def _shares(n: int, grain: int, units: int, parts: int, macs: float) -> list[tuple[int, int]]:
+# a worker that runs a part table natively starts it within about this much
+NATIVE_LAG_US = 1.0
+
+
+def _shares(n: int, grain: int, units: int, parts: int, macs: float,
+            lag_us: float = WORKER_LAG_US) -> list[tuple[int, int]]:
     """`parts` ranges over [0, n) (bounds multiples of `grain`, but n): the first, the caller's, larger by
-    the units a worker's late start is worth (at most an even share more), the rest even."""
-    lag = min(units / parts, WORKER_LAG_US * MACS_PER_US * units / macs)
+    the units a worker's late start (`lag_us`) is worth (at most an even share more), the rest even."""
+    lag = min(units / parts, lag_us * MACS_PER_US * units / macs)
     each = (units - lag) / parts
     bounds = [0] + [min(n, round(lag + each * k) * grain) for k in range(1, parts)] + [n]
     return [(bounds[k], bounds[k + 1]) for k in range(parts)]
@@ -351,3 +386,80 @@ def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1)
             return
         pool.wake()  # this layer runs here; the ones after it find the workers spinning
     call(0, n)
+
+
+def owners(*arrays) -> tuple:
+    """The object owning each array's memory (its base, or itself): a view made afresh each run has the
+    same owner each run, a copy a new one."""
+    return tuple(a if a.base is None else a.base for a in arrays)
+
+
+def run_calls(calls: list[tuple]) -> None:
+    for kern, args in calls:
+        kern(*args)
+
+
+class PartTables:
+    """One layer's part tables (bninfer.kernels.calls), packed at the second run that splits it the same
+    way on the same buffers and kept: later runs hand the parts to the workers without Python.
+
+    Keyed by the identity of the arrays the calls point into that are not the layer's own (its input and
+    output buffers, thread-local scratches), which a packed entry keeps alive: an id that matches a
+    kept object's is that object. Packing waits for a key's second run, so a caller's fresh input array
+    on every run is never packed (it runs as before); a few keys are kept (one per concurrent run's
+    arena), then the lot is dropped and packed again."""
+
+    MAX_KEYS = 8
+
+    def __init__(self):
+        self._entries: dict = {}
+        self._last = None
+
+    def get(self, key: tuple, objs: tuple, make: Callable[[], list[list[tuple]]]) -> tuple | None:
+        """The entry for `key`: (part table addresses or None, what keeps them valid), which the caller
+        holds while the parts run (another run may drop it from here meanwhile); None at a first sighting."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            return entry
+        if key != self._last:  # a first sighting: run as before
+            self._last = key
+            return None
+        from .kernels.calls import Packed
+        packed = Packed()
+        tables = [packed.table(part) for part in make()]
+        if any(t is None for t in tables):
+            tables = None  # a call the trampolines cannot take: these parts stay with Python
+        if len(self._entries) >= self.MAX_KEYS:
+            self._entries.clear()
+        entry = self._entries[key] = (tables, packed, objs)
+        return entry
+
+
+def split_calls(calls: Callable[[int, int], list[tuple]], n: int, macs: float, grain: int = 1,
+                tables: PartTables | None = None, objs: tuple = ()) -> None:
+    """split, for a layer whose part [a, b) is the kernel calls calls(a, b) lists ((dispatcher, args),
+    ...). With `tables`, the parts are packed (PartTables) and run natively by the workers; `objs` are
+    the arrays outside the layer that the calls point into (their views are fine: the calls keep them).
+    Every other array the calls pass must be the layer's own, alive as long as `tables`."""
+    cur = _local.__dict__.get("current")
+    units = -(-n // grain)
+    parts = 1 if cur is None else min(cur.size, units, int(macs // (MIN_PART_MACS if tables is None
+                                                                    else MIN_NATIVE_PART_MACS)))
+    if parts > 1:
+        pool = cur.pool
+        if macs >= MIN_WAKE_MACS or not pool.asleep():
+            entry = None
+            if tables is not None:
+                key = (tuple(map(id, objs)), cur.size, parts)
+                entry = tables.get(key, objs, lambda: [calls(a, b) for a, b in
+                                                       _shares(n, grain, units, parts, macs, NATIVE_LAG_US)])
+            if entry is not None and entry[0] is not None:
+                pool.run_tables(entry[0])
+                return
+            parts = min(parts, int(macs // MIN_PART_MACS))  # from Python: the hand-over costs more
+            if parts > 1:
+                pool.map(lambda a, b: run_calls(calls(a, b)), _shares(n, grain, units, parts, macs))
+                return
+        else:
+            pool.wake()
+    run_calls(calls(0, n))

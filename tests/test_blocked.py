@@ -287,8 +287,9 @@ def test_blocked_result_equals_the_nchw_plan_and_splits_over_threads(size, n_thr
     sess, ours = _check(model, feeds)
     nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
     np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-5)
-    out, parts = _split_run(model, feeds, n_threads, monkeypatch)
+    out, parts, native = _split_run(model, feeds, n_threads, monkeypatch)
     assert parts and max(parts) == n_threads
+    assert native and max(native) == n_threads  # from the second run on, from packed tables
     np.testing.assert_array_equal(out, ours[0])  # same sums, only on other threads
 
 
@@ -320,8 +321,9 @@ def test_a_stem_splits_its_rows_over_threads(monkeypatch):
     model, feeds = _stem_net(size=(40, 36))
     _, ours = _check(model, feeds)
     for n_threads in (2, 3):
-        out, parts = _split_run(model, feeds, n_threads, monkeypatch)
+        out, parts, native = _split_run(model, feeds, n_threads, monkeypatch)
         assert parts and max(parts) == n_threads
+        assert native and max(native) == n_threads
         np.testing.assert_array_equal(out, ours[0])  # same sums, only on other threads
 
 

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+from numba import njit, types
 
 import bninfer
 from tests.graphs import Builder
@@ -100,23 +101,35 @@ def test_kernel_split_over_threads_gives_the_serial_result(case, n_threads, monk
     from tests.util import run_ort
     model, feeds = _conv_block(*SPLIT_CASES[case])
     serial = _session(model, 1).run(None, feeds)[0]
-    out, parts = _split_run(model, feeds, n_threads, monkeypatch)
+    out, parts, native = _split_run(model, feeds, n_threads, monkeypatch)
     assert parts and max(parts) == n_threads  # the conv really was split
+    if case != "depthwise rows":  # its parts copy into a scratch of each thread's own: never packed
+        assert native and max(native) == n_threads  # and from packed tables
     np.testing.assert_array_equal(out, serial)  # same sums in the same order, only on other threads
     np.testing.assert_allclose(out, run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)
 
 
-def _split_run(model, feeds, n_threads, monkeypatch, force=True):
-    """One run on n_threads with Workers.map recorded: (output, the part count of every split). force:
-    thresholds at 1, so even small ops split; else only the workers are taken as awake."""
+def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3):
+    """`runs` runs on n_threads, every split recorded: (the last output, the part count of every split
+    handed to Python workers (Workers.map), of every split run from packed tables (Workers.run_tables)).
+    A layer's parts are packed at its second run, so three runs take both ways. force: thresholds at 1,
+    so even small ops split; else only the workers are taken as awake. Every run gives the same output,
+    bit for bit."""
     from bninfer import threads
-    parts = []
-    real_map = threads.Workers.map
+    parts, native = [], []
+    real_map, real_tables = threads.Workers.map, threads.Workers.run_tables
     if force:
         monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+        monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
     monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
-    return _session(model, n_threads).run(None, feeds)[0], parts
+    monkeypatch.setattr(threads.Workers, "run_tables",
+                        lambda self, t: (native.append(len(t)), real_tables(self, t)))
+    sess = _session(model, n_threads)
+    outs = [sess.run(None, feeds)[0] for _ in range(runs)]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    return outs[-1], parts, native
 
 
 def _session(model, n):
@@ -150,6 +163,7 @@ def _thread_cpu_seconds(native_id: int) -> float:
 def test_workers_do_not_spin_between_runs(monkeypatch):
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
     monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
     sess = _session(model, 2)
@@ -196,7 +210,7 @@ def test_gemm_and_matmul_split_over_threads(x_shape, monkeypatch):
         nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"])]
     model = make_model(nodes, {"x": list(x_shape)}, ["y"], {"w": w, "b": bias})
     serial = _session(model, 1).run(None, {"x": x})[0]
-    out, parts = _split_run(model, {"x": x}, 3, monkeypatch)
+    out, parts, _ = _split_run(model, {"x": x}, 3, monkeypatch)
     assert parts and max(parts) == 3
     np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-4)  # BLAS may sum a part in another order
     np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
@@ -213,8 +227,8 @@ def test_pooling_splits_over_planes(op, attrs, monkeypatch):
     model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": [2, 5, 11, 13]}, ["y"], {})
     x = randn(2, 5, 11, 13, seed=4)
     serial = _session(model, 1).run(None, {"x": x})[0]
-    out, parts = _split_run(model, {"x": x}, 3, monkeypatch)
-    assert parts == [3]
+    out, parts, _ = _split_run(model, {"x": x}, 3, monkeypatch)
+    assert parts == [3] * 3  # each run
     np.testing.assert_array_equal(out, serial)
     np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-6, atol=1e-6)
 
@@ -230,8 +244,8 @@ def test_a_classifier_row_splits_at_the_default_thresholds(monkeypatch):
                        {"w": randn(1000, 2048, seed=1), "b": randn(1000, seed=2)})
     x = randn(1, 2048, seed=3)
     serial = _session(model, 1).run(None, {"x": x})[0]
-    out, parts = _split_run(model, {"x": x}, 2, monkeypatch, force=False)
-    assert parts == [2]
+    out, parts, _ = _split_run(model, {"x": x}, 2, monkeypatch, force=False)
+    assert parts == [2] * 3  # each run
     # split over the weights' rows: two partial sums added, so not bit-identical to the serial order
     # (sums of 2048 products, up to ~70: float32 rounding of the largest terms)
     np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-6 * float(np.abs(serial).max()))
@@ -323,6 +337,7 @@ def test_runs_from_several_threads_share_the_workers(monkeypatch):
     """One caller at a time holds the workers; the others run their parts themselves."""
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
     monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     model, feeds = _conv_block(*SPLIT_CASES["direct 3x3 s2"])
     sess = _session(model, 2)
@@ -346,16 +361,21 @@ def test_runs_from_several_threads_share_the_workers(monkeypatch):
 def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(monkeypatch):
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
     monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
     sess = _session(model, 2)
     inside = []
-    real_map = threads.Workers.map
+    real_map, real_tables = threads.Workers.map, threads.Workers.run_tables
     monkeypatch.setattr(threads.Workers, "map",
                         lambda self, fn, p: (real_map(self, fn, p), inside.append(os.sched_getaffinity(0))))
+    monkeypatch.setattr(threads.Workers, "run_tables",
+                        lambda self, t: (real_tables(self, t), inside.append(os.sched_getaffinity(0))))
     before = os.sched_getaffinity(0)
-    sess.run(None, feeds)
-    assert inside and all(len(a) == 1 for a in inside)
+    for _ in range(3):  # from Python, then from packed tables
+        sess.run(None, feeds)
+        assert os.sched_getaffinity(0) == before
+    assert len(inside) == 3 and all(len(a) == 1 for a in inside)
     assert os.sched_getaffinity(0) == before
     with pytest.raises(bninfer.errors.BninferError):
         sess.run(None, {"x": feeds["x"][:, :3], "r": feeds["r"]})  # a bad feed: nothing to restore
@@ -367,6 +387,7 @@ def test_a_small_layer_runs_here_and_wakes_sleeping_workers_for_the_next(monkeyp
     alone, and wakes them (without a part) for the layers after it; they sleep again when nothing comes."""
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
     monkeypatch.setattr(threads, "MIN_WAKE_MACS", 10**12)
     model, feeds = _conv_block(*SPLIT_CASES["pointwise"])
     sess = _session(model, 2)
@@ -376,8 +397,9 @@ def test_a_small_layer_runs_here_and_wakes_sleeping_workers_for_the_next(monkeyp
     pool = threads.workers(2)
     assert pool.asleep()
     parts, wakes = [], []
-    real_map, real_wake = threads.Workers.map, threads.Workers.wake
+    real_map, real_wake, real_tables = threads.Workers.map, threads.Workers.wake, threads.Workers.run_tables
     monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
+    monkeypatch.setattr(threads.Workers, "run_tables", lambda self, t: (parts.append(len(t)), real_tables(self, t)))
     monkeypatch.setattr(threads.Workers, "wake", lambda self: (wakes.append(1), real_wake(self)))
     np.testing.assert_array_equal(sess.run(None, feeds)[0], expected)
     assert parts == [] and wakes
@@ -391,12 +413,14 @@ def test_a_small_layer_runs_here_and_wakes_sleeping_workers_for_the_next(monkeyp
 
 def test_serve_wait_publishes_done_then_waits_for_the_next_part():
     from bninfer.kernels.spin import serve_wait
-    done_i, asleep_i, posted_i = 1, 3, 0
+    done_i, asleep_i, posted_i, seen_i, task_i = 1, 3, 0, 6, 5
     flags = np.zeros(8, np.int64)
-    # done published; nothing posted: gives up at the tick bound and returns what it read
-    assert serve_wait(flags, done_i, 5, asleep_i, posted_i, 0, 1000, 10**12, 0) == 0 and flags[done_i] == 5
+    # done published; nothing posted: gives up at the tick bound
+    assert serve_wait(flags, done_i, 5, asleep_i, posted_i, seen_i, task_i, 1000, 10**12, 0) == -1
+    assert flags[done_i] == 5
     flags[asleep_i] = 1  # the caller sleeps: -2 at once, after publishing
-    assert serve_wait(flags, done_i, 6, asleep_i, posted_i, 0, 10**15, 10**12, 0) == -2 and flags[done_i] == 6
+    assert serve_wait(flags, done_i, 6, asleep_i, posted_i, seen_i, task_i, 10**15, 10**12, 0) == -2
+    assert flags[done_i] == 6
     flags[asleep_i] = 0
 
     def post():
@@ -405,9 +429,54 @@ def test_serve_wait_publishes_done_then_waits_for_the_next_part():
     t = threading.Thread(target=post)
     t.start()
     t0 = time.perf_counter()
-    assert serve_wait(flags, done_i, -1, asleep_i, posted_i, 0, 10**12, 10**12, 20_000_000) == 1
+    # a part for Python (no table): its number returned and kept as the last seen
+    assert serve_wait(flags, done_i, -1, asleep_i, posted_i, seen_i, task_i, 10**12, 10**12, 20_000_000) == 1
+    assert flags[seen_i] == 1
     assert time.perf_counter() - t0 >= 0.05  # it waited for the post (and then settled)
     t.join()
+
+
+@njit(nogil=True)
+def _fill(y, value, a, b):
+    y[a:b] = value
+
+
+def test_serve_wait_runs_a_part_table_itself_and_spins_on():
+    """A posted part with a table runs inside the spin, without the GIL (this thread holds it), is
+    published done, and the spin goes on for the next part."""
+    from bninfer.kernels.calls import Packed
+    from bninfer.kernels.spin import serve_wait
+    done_i, asleep_i, posted_i, seen_i, task_i = 1, 3, 0, 6, 5
+    _fill.compile((types.float32[::1], types.float64, types.int64, types.int64))
+    y = np.zeros(10, np.float32)
+    packed = Packed()
+    table = packed.table([(_fill, (y, 2.5, 1, 4)), (_fill, (y[5:], -1, 2, 3))])
+    flags = np.zeros(8, np.int64)
+    flags[task_i], flags[posted_i] = table, 1
+    assert serve_wait(flags, done_i, -1, asleep_i, posted_i, seen_i, task_i, 10**6, 10**12, 0) == -1
+    assert flags[done_i] == 1 and flags[seen_i] == 1
+    np.testing.assert_array_equal(y, [0, 2.5, 2.5, 2.5, 0, 0, 0, -1, 0, 0])
+
+
+def test_packed_calls_take_every_argument_kind_and_refuse_what_fits_no_signature():
+    from bninfer.kernels.calls import Packed, run_table
+
+    @njit(nogil=True)
+    def kern(y, x2, flag, k, s, d):  # y[0, :] = x2[::2] * s + k (+ d when flag)
+        for j in range(y.shape[1]):
+            y[0, j] = x2[2 * j] * s + k + (d if flag else 0.0)
+
+    sig = (types.float64[:, :], types.float32[:], types.boolean, types.int32, types.float32, types.float64)
+    kern.compile(sig)
+    y = np.zeros((4, 6))[::2, ::2]  # strided both ways: layout A
+    x = np.arange(12, dtype=np.float32)
+    packed = Packed()
+    table = packed.table([(kern, (y, x[::2], np.bool_(True), 7, 0.5, 0.25))])
+    run_table(table)
+    np.testing.assert_array_equal(y[0], x[::2][::2] * 0.5 + 7.25)
+    assert not y[1:].any()
+    assert packed.table([(kern, (y, x[::2].astype(np.float64), True, 7, 0.5, 0.25))]) is None  # wrong dtype
+    assert packed.table([(kern, (y, x, 1, 7, 0.5, 0.25))]) is None  # an int where a bool is taken
 
 
 def test_one_row_products_split_over_rows_from_several_threads_at_once(monkeypatch):

@@ -15,6 +15,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .calls import run_table
+
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
@@ -85,19 +87,31 @@ def wait_while(flags, i, value, max_ticks, max_polls):
 
 
 @njit(nogil=True, cache=True)
-def serve_wait(flags, done_i, done, asleep_i, posted_i, seen, max_ticks, max_polls, settle_ticks):
-    """A worker between parts, without the GIL: publish flags[done_i] = done (done >= 0; return -2 at
+def serve_wait(flags, done_i, done, asleep_i, posted_i, seen_i, task_i, max_ticks, max_polls, settle_ticks):
+    """A worker between parts, without the GIL. Publish flags[done_i] = done (done >= 0; return -2 at
     once when flags[asleep_i] says its caller sleeps and needs waking), then spin while
-    flags[posted_i] == seen as wait_while does; when a new part is posted, spin settle_ticks more
-    before returning (and taking the GIL): the caller holds the GIL until its own kernel starts, and
-    a thread that asks for a held GIL sleeps, woken only after a slow OS wake-up. Returns the last
-    value of flags[posted_i] read, or -2."""
-    if done >= 0:
-        _store_seq_cst(flags, done_i, done)  # after the GIL is released: the caller can take it at once
-        if _load_acquire(flags, asleep_i) != 0:
-            return -2
-    v = wait_while(flags, posted_i, seen, max_ticks, max_polls)
-    if v != seen and settle_ticks > 0:
+    flags[posted_i] == flags[seen_i] as wait_while does (return -1 when nothing came). A new part with
+    a table at flags[task_i] (bninfer.kernels.calls) runs here, is published done, and the spin goes on
+    for the next. A part for Python (task 0) is returned, its number also kept in flags[seen_i]; before
+    that the worker spins settle_ticks more: the caller holds the GIL until its own kernel starts, and a
+    thread that asks for a held GIL sleeps, woken only after a slow OS wake-up."""
+    seen = flags[seen_i]
+    while True:
+        if done >= 0:
+            _store_seq_cst(flags, done_i, done)  # after the GIL is released: the caller can take it at once
+            if _load_acquire(flags, asleep_i) != 0:
+                return -2
+        v = wait_while(flags, posted_i, seen, max_ticks, max_polls)
+        if v == seen:
+            return -1
+        seen = v
+        flags[seen_i] = v
+        task = _load_acquire(flags, task_i)  # posted before the part's number: seen with it
+        if task == 0:
+            break
+        run_table(task)
+        done = v
+    if settle_ticks > 0:
         t0 = _ticks()
         n = 0
         while _ticks() - t0 < settle_ticks and n < max_polls:

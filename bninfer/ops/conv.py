@@ -402,10 +402,12 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     xs, ys = cin * H * W, cout * P
     wblock = w.size // -(-cout // cot)
     macs = cout * P * cin * KH * KW
+    tables = [threads.PartTables() for _ in range(N)]
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
+        outside = threads.owners(yf, b, res, xp)
         for n in range(N):
             if n:
                 xp[:] = 0.0
@@ -416,8 +418,9 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             def part(b0, b1):  # output-channel blocks [b0, b1)
                 c0, c1 = b0 * cot, min(b1 * cot, cout)
                 yo, bo, ro, _, ao, be, _, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
-                kern(xp, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, Hp, Wq, OH, OW, bo, ro, ao, be, so, to)
-            threads.split(part, -(-cout // cot), macs)
+                return [(kern, (xp, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, Hp, Wq, OH, OW, bo, ro, ao, be,
+                                so, to))]
+            threads.split_calls(part, -(-cout // cot), macs, 1, tables[n], outside)
     return run
 
 
@@ -448,10 +451,12 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     nob = -(-cout // cob)
     wblock = w.size // nob
     macs = cout * P * cin * KH * KW
+    tables = [threads.PartTables() for _ in range(N)]
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
+        outside = threads.owners(yf, b, res, xp)
         for n in range(N):
             if n:
                 xp[:plane] = 0.0
@@ -462,9 +467,9 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             def part(b0, b1):  # output-channel blocks [b0, b1)
                 c0, c1 = b0 * cob, min(b1 * cob, cout)
                 yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
-                kern(xp, w[b0 * wblock:b1 * wblock], yo, cinb, Hp, Wp, c1 - c0, OH, OW, bo, ro, hr, ao, be, hp,
-                     so, to, 0)
-            threads.split(part, nob, macs)
+                return [(kern, (xp, w[b0 * wblock:b1 * wblock], yo, cinb, Hp, Wp, c1 - c0, OH, OW, bo, ro, hr, ao,
+                                be, hp, so, to, 0))]
+            threads.split_calls(part, nob, macs, 1, tables[n], outside)
     return run
 
 
@@ -511,6 +516,8 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         OH, OW = _two_d(g.out_spatial, 1)
         in4 = (N, cin) + _two_d(g.in_spatial, 1)
 
+    tables = [threads.PartTables() for _ in range(N)]
+
     def run(i, o):
         y = o[0]
         b = _runtime_bias(i, bias)
@@ -520,15 +527,17 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             x = _flat(i[0])
         yf = y.reshape(-1)
         res, has_res = ep.residual_array(i)
+        outside = threads.owners(x, yf, b, res)
         for n in range(N):
             xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
             def part(b0, b1):  # output-channel blocks [b0, b1)
                 c0, c1 = b0 * cot, min(b1 * cot, cout)
                 yo, bo, ro, _, ao, be, _, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
-                kern(xn, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, P, bo, ro, ao, be, so, to, tpc,
-                     pro.scale, pro.shift, pro.alpha, pro.beta)
-            threads.split(part, nob, macs)
+                return [(kern, (xn, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, P, bo, ro, ao, be, so, to, tpc,
+                                pro.scale, pro.shift, pro.alpha, pro.beta))]
+            # a subsampled input is a copy made afresh each run: never packed
+            threads.split_calls(part, nob, macs, 1, None if subsample else tables[n], outside)
     return run
 
 
@@ -586,20 +595,23 @@ def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, 
     xs, ys = C * H * W, C * P
     per_channel = Hp * Wq  # floats of xp per channel (and of w: KH * KW)
     kk = KH * KW
+    tables = [threads.PartTables() for _ in range(N)]
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
+        outside = threads.owners(x, yf, b, res, xp)
         for n in range(N):
             xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
             def part(c0, c1):  # channels [c0, c1), whole blocks of 16: packed and convolved by one thread
                 xpc = xp[c0 * per_channel:]
-                CD.pack_input(xn[c0 * H * W:c1 * H * W], xpc, c1 - c0, H, W, 16, Hp, Wq, PH, PW, pro.has_pre,
-                              pro.scale[c0:c1], pro.shift[c0:c1], pro.code, pro.alpha[c0:c1], pro.beta)
                 yo, bo, ro, hr, ao, be, hp, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
-                kern(xpc, w[c0 * kk:], yo, c1 - c0, Hp, Wq, OH, OW, bo, ro, hr, ao, be, hp, so, to)
-            threads.split(part, C, macs, 16)
+                return [(CD.pack_input, (xn[c0 * H * W:c1 * H * W], xpc, c1 - c0, H, W, 16, Hp, Wq, PH, PW,
+                                         pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
+                                         pro.alpha[c0:c1], pro.beta)),
+                        (kern, (xpc, w[c0 * kk:], yo, c1 - c0, Hp, Wq, OH, OW, bo, ro, hr, ao, be, hp, so, to))]
+            threads.split_calls(part, C, macs, 16, tables[n], outside)
     return run
 
 
@@ -647,10 +659,12 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
     chunks = -(-TH // ch)
     macs = cout * OH * OW * cin * 4  # Winograd does 4/9 of the direct multiply-adds; counted as 4 per output
+    tables = [threads.PartTables() for _ in range(N)]
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
+        outside = threads.owners(yf, b, res, xp)
         for n in range(N):
             if n:
                 xp[:] = 0.0
@@ -666,9 +680,9 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             nchunks = -(-TH // rows)
 
             def part(k0, k1):  # chunks of tile rows [k0, k1)
-                kern(xp, U, yn, cinb, Hp, Wp, cout, nob, OH, OW, b, r, has_res, alpha, beta, has_post, ps, pt,
-                     rows, k0 * rows, k1 * rows)
-            threads.split(part, nchunks, macs)
+                return [(kern, (xp, U, yn, cinb, Hp, Wp, cout, nob, OH, OW, b, r, has_res, alpha, beta, has_post,
+                                ps, pt, rows, k0 * rows, k1 * rows))]
+            threads.split_calls(part, nchunks, macs, 1, tables[n], outside)
     return run
 
 

@@ -122,6 +122,7 @@ def build(node, ins, outs):
     scratch_r = _PaddedInput(g.batch * rs) if has_res and not marks.res else None
     N = g.batch
     border = any(y_pads)
+    tables = [threads.PartTables() for _ in range(N)]
 
     def run(i, o):
         x = i[0].reshape(-1)
@@ -137,8 +138,13 @@ def build(node, ins, outs):
         y = o[0].reshape(-1) if scratch_y is None else scratch_y.get()
         if border:
             BK.zero_border(y, N * nob, OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3], *y_pads)
+        # what the parts' calls point into beyond the layer's own arrays: x, r and y are views of these
+        outside = (i[0], r if r is _EMPTY or scratch_r is not None else i[ep.residual],
+                   o[0] if scratch_y is None else y)
         for n in range(N):
-            threads.split(*part_of(x, r, y, n), macs)
+            calls, count, native = part_of(x, r, y, n)
+            threads.split_calls(calls, count, macs, 1, None if native is None else tables[n],
+                                () if native is None else outside + native)
         if scratch_y is not None:
             yo = o[0].reshape(-1)
             for n in range(N):
@@ -176,11 +182,13 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     groups = max(1, P // PIXEL_GRAIN)
 
     def part_of(x, r, y, n):
-        """(part, count): the call threads.split runs over [0, count), and count."""
+        """(calls, count, native): threads.split_calls' calls(a, b) over [0, count), and the arrays
+        beyond x, r and y those calls read (None: the calls cannot run natively)."""
         xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
         def units_over(u0, u1, q0, q1):  # units [u0, u1) over pixels [q0, q1); a kernel's units in one call
+            calls = []
             u = u0
             while u < u1:
                 kern, nb, b0, wk, w0 = units[u]
@@ -189,19 +197,20 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
                     v += 1
                 b1 = b0 + (v - u) * nb
                 c0, c1 = b0 * BK.CB, b1 * BK.CB
-                kern(xn, wk[w0:w0 + (v - u) * cin * nb * BK.CB], yn[b0 * yplane:b1 * yplane], cin, b1 - b0, P,
-                     q0, q1, yoff, yplane, b[c0:c1], rn[c0 * P:c1 * P] if has_res else rn, has_res, alpha[c0:c1],
-                     beta, has_post, ps[c0:c1], pt[c0:c1])
+                calls.append((kern, (xn, wk[w0:w0 + (v - u) * cin * nb * BK.CB], yn[b0 * yplane:b1 * yplane], cin,
+                                     b1 - b0, P, q0, q1, yoff, yplane, b[c0:c1], rn[c0 * P:c1 * P] if has_res else rn,
+                                     has_res, alpha[c0:c1], beta, has_post, ps[c0:c1], pt[c0:c1])))
                 u = v
+            return calls
 
         def pixels(g0, g1):  # pixel groups [g0, g1) through every unit
-            units_over(0, len(units), g0 * PIXEL_GRAIN, P if g1 == groups else g1 * PIXEL_GRAIN)
+            return units_over(0, len(units), g0 * PIXEL_GRAIN, P if g1 == groups else g1 * PIXEL_GRAIN)
 
         if len(units) >= 2 * threads.current_size():
-            return (lambda u0, u1: units_over(u0, u1, 0, P)), len(units)
+            return (lambda u0, u1: units_over(u0, u1, 0, P)), len(units), ()
         # too few output blocks to share out evenly (a projection to 16-64 channels): each thread takes
         # a run of pixels through every block instead, reading all the weights and its share of the input
-        return pixels, groups
+        return pixels, groups, ()
     return part_of, cout * cin * P
 
 
@@ -229,19 +238,21 @@ def _dense(g, ep, y_pads, wdata, vec):
     has_res = ep.residual is not None
 
     def part_of(x, r, y, n):
-        """(part, count): the call threads.split runs over [0, count), and count."""
+        """(calls, count, native), as for a 1x1 layer."""
         xp = padded.get()  # the caller's: the workers read it too
         BK.pad_planes(x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, Wp, PH, PW)
         yn = y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
         def rows(r0, r1):  # output rows [r0, r1) of every block
+            calls = []
             for kern, first, count, wk in runs:
                 c0, c1 = first * BK.CB, (first + count) * BK.CB
-                kern(xp, wk, yn[first * yplane:(first + count) * yplane], cin, count, Hp, Wp, OW, r0, r1, yoff,
-                     yplane, b[c0:c1], rn[c0 * OH * OW:c1 * OH * OW] if has_res else rn, has_res, alpha[c0:c1],
-                     beta, has_post, ps[c0:c1], pt[c0:c1])
-        return rows, OH
+                calls.append((kern, (xp, wk, yn[first * yplane:(first + count) * yplane], cin, count, Hp, Wp, OW,
+                                     r0, r1, yoff, yplane, b[c0:c1], rn[c0 * OH * OW:c1 * OH * OW] if has_res else rn,
+                                     has_res, alpha[c0:c1], beta, has_post, ps[c0:c1], pt[c0:c1])))
+            return calls
+        return rows, OH, (xp,)
     return part_of, cout * cin * KH * KW * OH * OW
 
 
@@ -266,17 +277,18 @@ def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
     has_res = ep.residual is not None
 
     def part_of(x, r, y, n):
-        """(part, count): the call threads.split runs over [0, count), and count."""
+        """(calls, count, native), as for a 1x1 layer; a copy into a thread's own scratch runs from Python
+        (a packed part would keep the packing thread's)."""
         xn, yn = x[n * nb * xblock:(n + 1) * nb * xblock], y[n * nb * yblock:(n + 1) * nb * yblock]
         rn = r[n * nb * rblock:(n + 1) * nb * rblock] if has_res else r
 
         def part(b0, b1):  # blocks [b0, b1)
             c0, c1 = b0 * BK.CB, b1 * BK.CB
-            kern(xn[b0 * xblock:b1 * xblock], scratch.get(), w[b0 * kk:b1 * kk], yn[b0 * yblock:b1 * yblock],
-                 b1 - b0, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW, b[c0:c1],
-                 rn[b0 * rblock:b1 * rblock] if has_res else rn, has_res, alpha[c0:c1], beta, has_post,
-                 ps[c0:c1], pt[c0:c1])
-        return part, nb
+            return [(kern, (xn[b0 * xblock:b1 * xblock], scratch.get(), w[b0 * kk:b1 * kk],
+                            yn[b0 * yblock:b1 * yblock], b1 - b0, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW,
+                            b[c0:c1], rn[b0 * rblock:b1 * rblock] if has_res else rn, has_res, alpha[c0:c1], beta,
+                            has_post, ps[c0:c1], pt[c0:c1]))]
+        return part, nb, (() if x_padded else None)
     # the blocked depthwise kernel runs at about half a 1x1 layer's speed: its work counts twice. (Ten
     # times, as for the NCHW kernel, split 25 us layers in two: handing a part to a worker costs 10-20 us
     # here, and MobileNetV2's 14x14 depthwise layers ran twice as long on two threads as on one.)
