@@ -28,7 +28,7 @@ import numpy as np
 BLAS_SERIAL_MACS = 4 * 65536  # OpenBLAS's GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
 MIN_PART_MACS = 2_000_000  # less work per part (~15 us) does not pay for the hand-over to a spinning worker
 # the same for parts the workers run natively (split_calls), whose hand-over takes a microsecond or two
-MIN_NATIVE_PART_MACS = 400_000
+MIN_NATIVE_PART_MACS = 150_000
 # waking a sleeping worker takes ~150 us here: only a layer this large does it (a small model whose one
 # large layer came after a pause ran slower on 2 threads than on 1)
 MIN_WAKE_MACS = 30_000_000

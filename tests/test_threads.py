@@ -227,8 +227,8 @@ def test_pooling_splits_over_planes(op, attrs, monkeypatch):
     model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": [2, 5, 11, 13]}, ["y"], {})
     x = randn(2, 5, 11, 13, seed=4)
     serial = _session(model, 1).run(None, {"x": x})[0]
-    out, parts, _ = _split_run(model, {"x": x}, 3, monkeypatch)
-    assert parts == [3] * 3  # each run
+    out, parts, native = _split_run(model, {"x": x}, 3, monkeypatch)
+    assert parts == [3] and native == [3, 3]  # packed at the second run
     np.testing.assert_array_equal(out, serial)
     np.testing.assert_allclose(out, run_ort(model, {"x": x})[0], rtol=1e-6, atol=1e-6)
 
@@ -244,8 +244,8 @@ def test_a_classifier_row_splits_at_the_default_thresholds(monkeypatch):
                        {"w": randn(1000, 2048, seed=1), "b": randn(1000, seed=2)})
     x = randn(1, 2048, seed=3)
     serial = _session(model, 1).run(None, {"x": x})[0]
-    out, parts, _ = _split_run(model, {"x": x}, 2, monkeypatch, force=False)
-    assert parts == [2] * 3  # each run
+    out, parts, native = _split_run(model, {"x": x}, 2, monkeypatch, force=False)
+    assert parts == [2] and native == [2, 2]  # packed at the second run
     # split over the weights' rows: two partial sums added, so not bit-identical to the serial order
     # (sums of 2048 products, up to ~70: float32 rounding of the largest terms)
     np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-6 * float(np.abs(serial).max()))
@@ -275,8 +275,9 @@ def test_a_one_row_product_split_over_rows_applies_the_epilogue_once(n_threads, 
     monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)  # at build: the product's run is the splitting one
     parts = []
-    real_map = threads.Workers.map
+    real_map, real_tables = threads.Workers.map, threads.Workers.run_tables
     monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
+    monkeypatch.setattr(threads.Workers, "run_tables", lambda self, t: (parts.append(len(t)), real_tables(self, t)))
     run = ops.get("Gemm").build(node, vals, [ir.Value("y", (1, n), np.dtype(F32))])
     a = rng.standard_normal((1, k)).astype(F32)
     z = a.astype(np.float64) @ w + b + res
@@ -284,12 +285,14 @@ def test_a_one_row_product_split_over_rows_applies_the_epilogue_once(n_threads, 
     outs = []
     for min_part in [1, 1_200_000, 10**12]:  # the work is 8 * k * n = 2.5 M: every thread, two, none
         monkeypatch.setattr(threads, "MIN_PART_MACS", min_part)
-        out = np.full((1, n), np.nan, F32)
-        with threads.RunThreads(n_threads):
-            run([a, w, b, res, slope, ps, pt], [out])
-        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
-        outs.append(out)
-    assert parts == [n_threads, 2]
+        monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", min_part)
+        for _ in range(2):  # from Python, then from packed tables
+            out = np.full((1, n), np.nan, F32)
+            with threads.RunThreads(n_threads):
+                run([a, w, b, res, slope, ps, pt], [out])
+            np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+            outs.append(out)
+    assert parts == [n_threads] * 2 + [2] * 2
     assert all(np.array_equal(o, outs[0]) for o in outs)
 
 

@@ -266,6 +266,7 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
     # of partial sums per share
     local = threading.local()
     bounds_of: dict[int, list[int]] = {}  # per thread count: the shares' row bounds (multiples of 4)
+    tables = threads.PartTables()
 
     def run(i, o):
         x, y = two_d(i[0]), two_d(o[0])
@@ -287,9 +288,9 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
         bounds = bounds_of[size]
 
         def rows(s0, s1):
-            for s in range(s0, s1):
-                K.vector_matrix_rows(x, w, part[s * n:(s + 1) * n], n, bounds[s], bounds[s + 1])
-        threads.split(rows, size, macs)
+            return [(K.vector_matrix_rows, (x, w, part[s * n:(s + 1) * n], n, bounds[s], bounds[s + 1]))
+                    for s in range(s0, s1)]
+        threads.split_calls(rows, size, macs, 1, tables, threads.owners(x, part))
         K.sum_rows(part, size, y, n, *args)
     return run
 

@@ -151,17 +151,18 @@ def _pool(node, ins, outs):
     if (is_max and D == OD == kd == 1 and kw == 3 and sw in (1, 2) and pw <= 2 and ph < kh
             and tuple(w.dilations) == (1, 1, 1) and sw * (OW - 1) - pw < W and sh * (OH - 1) - ph < H):
         def rows(x, y, a, b):  # planes [a, b): every window holds an input element (the guard above)
-            K.max_pool_k3(x[a * H * W:b * H * W], y[a * OH * OW:b * OH * OW], b - a, H, W, OH, OW, kh, sh, ph, sw,
-                          pw)
+            return [(K.max_pool_k3, (x[a * H * W:b * H * W], y[a * OH * OW:b * OH * OW], b - a, H, W, OH, OW, kh, sh,
+                                     ph, sw, pw))]
     else:
         def rows(x, y, a, b):
-            K.pool(x[a * D * H * W:b * D * H * W], y[a * OD * OH * OW:b * OD * OH * OW], b - a, *args, is_max,
-                   include_pad)
+            return [(K.pool, (x[a * D * H * W:b * D * H * W], y[a * OD * OH * OW:b * OD * OH * OW], b - a, *args,
+                              is_max, include_pad))]
     work = planes * OD * OH * OW * kd * kh * kw * _MEMORY_BOUND
+    tables = threads.PartTables()
 
     def run(i, o):
         x, y = _flat(i[0]), o[0].reshape(-1)
-        threads.split(lambda a, b: rows(x, y, a, b), planes, work)
+        threads.split_calls(lambda a, b: rows(x, y, a, b), planes, work, 1, tables, threads.owners(x, y))
     return run
 
 
