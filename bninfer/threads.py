@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from .kernels.calls import Packed, run_calls
+
 BLAS_SERIAL_MACS = 4 * 65536  # OpenBLAS's GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
 MIN_PART_MACS = 2_000_000  # less work per part (~15 us) does not pay for the hand-over to a spinning worker
 # the same for parts the workers run natively (split_calls), whose hand-over takes a microsecond or two
@@ -394,11 +396,6 @@ def owners(*arrays) -> tuple:
     return tuple(a if a.base is None else a.base for a in arrays)
 
 
-def run_calls(calls: list[tuple]) -> None:
-    for kern, args in calls:
-        kern(*args)
-
-
 class PartTables:
     """One layer's part tables (bninfer.kernels.calls), packed at the second run that splits it the same
     way on the same buffers and kept: later runs hand the parts to the workers without Python.
@@ -424,7 +421,6 @@ class PartTables:
         if key != self._last:  # a first sighting: run as before
             self._last = key
             return None
-        from .kernels.calls import Packed
         packed = Packed()
         tables = [packed.table(part) for part in make()]
         if any(t is None for t in tables):
@@ -455,6 +451,7 @@ def split_calls(calls: Callable[[int, int], list[tuple]], n: int, macs: float, g
                                                        _shares(n, grain, units, parts, macs, NATIVE_LAG_US)])
             if entry is not None and entry[0] is not None:
                 pool.run_tables(entry[0])
+                entry[1].check()
                 return
             parts = min(parts, int(macs // MIN_PART_MACS))  # from Python: the hand-over costs more
             if parts > 1:

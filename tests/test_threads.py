@@ -482,6 +482,34 @@ def test_packed_calls_take_every_argument_kind_and_refuse_what_fits_no_signature
     assert packed.table([(kern, (y, x, 1, 7, 0.5, 0.25))]) is None  # an int where a bool is taken
 
 
+@njit(nogil=True)
+def _divide(y, d, a, b):
+    for j in range(a, b):
+        y[j] = 1.0 / d  # ZeroDivisionError for d == 0 (Numba's Python error model)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_a_kernel_that_raises_in_a_packed_part_raises_in_the_caller(n_threads, monkeypatch):
+    """A failing call stops its part and is noted in its table; the caller then runs that part from
+    Python, which raises the kernel's own exception, whichever thread ran it."""
+    from bninfer import threads
+    monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    _divide.compile((types.float64[::1], types.float64, types.int64, types.int64))
+    y, tables = np.zeros(30), threads.PartTables()
+    divisor = np.array([2.0])
+
+    def calls(a, b):  # the last part divides by zero
+        return [(_divide, (y, float(divisor[0]) if b < 30 else 0.0, a, b))]
+    with threads.RunThreads(n_threads):
+        for run in range(3):  # from Python, then packed (a serial run is never packed)
+            with pytest.raises(ZeroDivisionError):
+                threads.split_calls(calls, 30, 1000.0, 1, tables, (y,))
+    if n_threads > 1:
+        assert tables._entries and all(e[0] is not None for e in tables._entries.values())
+        np.testing.assert_array_equal(y[:10], 0.5)  # the other parts ran
+
+
 def test_one_row_products_split_over_rows_from_several_threads_at_once(monkeypatch):
     """Runs of one session from several Python threads at once, each splitting a classifier row over
     rows: every run keeps its partial sums apart (one buffer per calling thread) and gets the serial

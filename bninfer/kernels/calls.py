@@ -9,12 +9,15 @@ lost a fifth of their time to it at 2 threads. A part's calls never change betwe
 - a call's arguments become int64 words (an array: data address, shape, strides; a number: its value,
   a float's bits as a float64);
 - a trampoline, one per kernel signature, unpacks the words into Numba's own argument values and
-  calls the kernel through its C wrapper (which Numba emits for every compiled function);
-- a part is a table: [number of calls, then per call: trampoline, kernel, words' address].
+  calls the kernel's native function (Numba's calling convention: a status code, which the C wrapper
+  would only print if the kernel raised);
+- a part is a table: [number of calls, status, then per call: trampoline, kernel, words' address].
 
-`run_table` runs a table; a worker's spin loop (bninfer.kernels.spin.serve_wait) calls it directly, so a
-part starts within a microsecond of being posted. The tables hold addresses only: whoever makes one
-keeps the arrays it points into alive (`Packed.keep`).
+`run_table` runs a table and stops at a call that fails, noting it in the status word; a worker's spin
+loop (bninfer.kernels.spin.serve_wait) calls it directly, so a part starts within a microsecond of
+being posted. `Packed.check` then runs a failed part again from Python, which raises the kernel's own
+exception. The tables hold addresses only: whoever makes one keeps the arrays it points into alive
+(`Packed.keep`).
 """
 from __future__ import annotations
 
@@ -40,21 +43,33 @@ def _word(typingctx, addr, i):
 
 
 @intrinsic
-def _call(typingctx, tramp, kern, words):
-    """tramp(kern, words) for a trampoline's address."""
+def _set_word(typingctx, addr, i, value):
+    """The int64 at address `addr`, index `i` = value."""
     def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(ir.VoidType(), [_I64, _I64])
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [args[1], args[2]])
+        base = builder.inttoptr(args[0], _I64.as_pointer())
+        builder.store(args[2], builder.gep(base, [args[1]]))
         return context.get_dummy_value()
     return types.none(types.int64, types.int64, types.int64), codegen
 
 
+@intrinsic
+def _call(typingctx, tramp, kern, words):
+    """tramp(kern, words) for a trampoline's address: 0, or 1 when the kernel failed."""
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(ir.IntType(32), [_I64, _I64])
+        return builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [args[1], args[2]])
+    return types.int32(types.int64, types.int64, types.int64), codegen
+
+
 @njit(nogil=True, cache=True)
 def run_table(table):
-    """Every call of the part table at address `table`, in order."""
+    """The calls of the part table at address `table`, in order, up to one that fails (its number from
+    1 then goes into the status word)."""
     n = _word(table, 0)
     for k in range(n):
-        _call(_word(table, 1 + 3 * k), _word(table, 2 + 3 * k), _word(table, 3 + 3 * k))
+        if _call(_word(table, 2 + 3 * k), _word(table, 3 + 3 * k), _word(table, 4 + 3 * k)) != 0:
+            _set_word(table, 1, k + 1)
+            return
 
 
 # -- trampolines ------------------------------------------------------------------------------------
@@ -94,9 +109,9 @@ def _unpack(context, builder, argtys, words):
 
 
 def trampoline(argtys: tuple, restype) -> int:
-    """The address of a native function (kern, words) -> None that calls the C wrapper of a kernel
-    compiled for `argtys` with arguments unpacked from `words`. Built straight in LLVM IR, once per
-    signature and process (a few ms: no Numba pipeline, nothing to cache)."""
+    """The address of a native function (kern, words) -> 0, or 1 when the kernel raised, that calls the
+    native function of a kernel compiled for `argtys` with arguments unpacked from `words`. Built straight
+    in LLVM IR, once per signature and process (a few ms: no Numba pipeline, nothing to cache)."""
     key = (argtys, restype)
     with global_compiler_lock:
         hit = _trampolines.get(key)
@@ -106,12 +121,19 @@ def trampoline(argtys: tuple, restype) -> int:
             name = f"bninfer_trampoline_{len(_trampolines)}"
             library = context.codegen().create_library(name)
             module = library.create_ir_module(name)
-            fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [_I64, _I64]), name)
+            i32 = ir.IntType(32)
+            fn = ir.Function(module, ir.FunctionType(i32, [_I64, _I64]), name)
             builder = ir.IRBuilder(fn.append_basic_block("entry"))
             values = _unpack(context, builder, argtys, fn.args[1])
-            kty = ir.FunctionType(context.get_value_type(restype), [context.get_value_type(t) for t in argtys])
-            builder.call(builder.inttoptr(fn.args[0], kty.as_pointer()), values)
-            builder.ret_void()
+            conv = context.call_conv  # i32 status (retptr, excinfo**, the arguments flattened)
+            kty = conv.get_function_type(restype, argtys)
+            retptr = cgutils.alloca_once(builder, kty.args[0].pointee)
+            excinfo = cgutils.alloca_once(builder, kty.args[1].pointee)
+            args = list(conv._get_arg_packer(argtys).as_arguments(builder, values))
+            code = builder.call(builder.inttoptr(fn.args[0], kty.as_pointer()), [retptr, excinfo] + args)
+            ok = builder.or_(builder.icmp_signed("==", code, ir.Constant(i32, 0)),  # Numba's OK, or None
+                             builder.icmp_signed("==", code, ir.Constant(i32, -2)))  # returned
+            builder.ret(builder.select(ok, ir.Constant(i32, 0), ir.Constant(i32, 1)))
             library.add_ir_module(module)
             library.finalize()
             hit = _trampolines[key] = (library.get_pointer_to_function(name), library)
@@ -148,17 +170,34 @@ def _words(argtys: tuple, args: tuple) -> list[int]:
     return out
 
 
+def run_calls(calls: list[tuple]) -> None:
+    for kern, args in calls:
+        kern(*args)
+
+
 class Packed:
     """Part tables for lists of kernel calls, and every array they point into (`keep`)."""
 
     def __init__(self):
         self.keep: list = []
         self.tables: list[np.ndarray] = []
+        self.parts: list[list[tuple]] = []
+
+    def check(self) -> None:
+        """After the tables ran: a part whose call failed runs again from Python, which raises the
+        kernel's exception (a kernel that raised there would raise again on the same arguments)."""
+        for table, calls in zip(self.tables, self.parts):
+            failed = int(table[1])
+            if failed:
+                table[1] = 0
+                run_calls(calls)
+                raise RuntimeError(f"kernel {calls[failed - 1][0].__name__} failed in a worker thread, "
+                                   "but not when run again from Python")
 
     def table(self, calls: list[tuple]) -> int | None:
         """Pack [(kernel dispatcher, args), ...] into a part table and return its address; None when a
         call has no compiled signature its arguments fit (the caller then runs the calls from Python)."""
-        row = [len(calls)]
+        row = [len(calls), 0]
         for kern, args in calls:
             sig = next((s for s in kern.signatures if len(s) == len(args) and all(map(_fits, s, args))), None)
             if sig is None:
@@ -167,8 +206,8 @@ class Packed:
             words = np.array(_words(sig, args), np.int64)
             self.keep.append((kern, args, words))
             row += [trampoline(sig, cres.signature.return_type),
-                    cres.library.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name),
-                    words.ctypes.data]
+                    cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name), words.ctypes.data]
         table = np.array(row, np.int64)
         self.tables.append(table)
+        self.parts.append(calls)
         return table.ctypes.data
