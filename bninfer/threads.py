@@ -8,6 +8,11 @@ tile rows): with more than one thread and enough work, the ranges go to the pool
 takes the first; otherwise the caller runs the whole range itself. The Numba kernels release the GIL
 (nogil), so the parts run at once. Workers block on a queue between parallel regions: nothing spins.
 
+Layers whose parts are lists of Numba kernel calls use `split_calls`: from a layer's second run on, its
+parts are packed into tables of raw arguments (bninfer.kernels.calls) that a worker runs inside its spin,
+without the GIL or Python, so a hand-over costs a microsecond or two instead of 12-25 (MobileNetV2 at
+2 threads: 1.42-1.52 -> 1.18-1.20 of onnxruntime; EfficientNet-B0 1.40-1.51 -> 1.21-1.22).
+
 Why one thread for the BLAS: after each call OpenBLAS's own threads keep spinning (sched_yield) for
 milliseconds, and on a 2-core machine they took the second core from bninfer's worker (ResNet-50 at 2
 threads ran no faster than at 1; with the BLAS on one thread, 1.6x faster). The limit is set only
@@ -25,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from .kernels.calls import Packed, run_calls
+from .kernels.calls import Packed, run_calls, run_table
 
 BLAS_SERIAL_MACS = 4 * 65536  # OpenBLAS's GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
 MIN_PART_MACS = 2_000_000  # less work per part (~15 us) does not pay for the hand-over to a spinning worker
@@ -142,25 +147,25 @@ class Workers:
     Shared by every session with the same thread count (see `workers`), one caller at a time: a caller
     that finds them busy runs all its parts itself.
 
-    A part is handed over through flag words and a bounded spin (bninfer.kernels.spin, without the GIL):
-    an idle worker spins ~1 ms for the next part before it sleeps on its queue, and the caller spins
-    for the workers' parts before it sleeps. Waking a sleeping thread cost ~25 us per hand-over here,
-    and Linux put the woken worker on its waker's CPU: after a pause, a 2-thread run then took as long
-    as a 1-thread one.
+    A part is a Python call (`map`) or a packed table (`run_tables`), which the worker runs inside its
+    spin. Either is handed over through flag words and a bounded spin (bninfer.kernels.spin, without
+    the GIL): an idle worker spins ~1 ms for the next part before it sleeps on its queue, and the caller
+    spins for the workers' parts before it sleeps. Waking a sleeping thread cost ~25 us per hand-over
+    here, and Linux put the woken worker on its waker's CPU: after a pause, a 2-thread run then took as
+    long as a 1-thread one.
 
-    The GIL decides the rest. A thread that asks for the GIL while another holds it sleeps, and the OS
-    wake-up once it is let go took 20-50 us here: a worker that saw its part at once started it only
-    after the caller's own part (the caller holds the GIL until its kernel starts). So a worker that
-    sees a part spins a few microseconds more before it takes the GIL (found free: the caller is in its
-    kernel by then), and publishes a finished part only once it has let the GIL go again (inside
-    spin.serve_wait), where the caller, spinning without the GIL, can take it at once. A 25 us
-    depthwise layer split in two took 92 us before, 31 after. Sleeping and waking on the queues use
-    the flags under the GIL, which orders them; the caller's sleep for a part, whose flag the worker
-    sets without it, also wakes every millisecond to look (a wake-up lost between the two flags costs
-    no more). A stale wake-up only makes a sleeper check again."""
+    For a Python part, the GIL decides the rest. A thread that asks for the GIL while another holds it
+    sleeps, and the OS wake-up once it is let go took 20-50 us here: a worker that saw its part at once
+    started it only after the caller's own part (the caller holds the GIL until its kernel starts). So a
+    worker that sees a part spins a few microseconds more before it takes the GIL (found free: the caller is
+    in its kernel by then), and publishes a finished part only once it has let the GIL go again (inside
+    spin.serve_wait), where the caller, spinning without the GIL, can take it at once. A 25 us depthwise
+    layer split in two took 92 us before, 31 after. Sleeping and waking on the queues use the flags under
+    the GIL, which orders them; the caller's sleep for a part, whose flag the worker sets without it, also
+    wakes every millisecond to look (a wake-up lost between the two flags costs no more). A stale wake-up
+    only makes a sleeper check again."""
 
     def __init__(self, size: int):
-        from .kernels.calls import run_table
         from .kernels.spin import serve_wait, wait_while
         self._wait, self._serve_wait, self._run_table = wait_while, serve_wait, run_table
         self.size = size

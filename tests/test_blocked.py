@@ -327,6 +327,34 @@ def test_a_stem_splits_its_rows_over_threads(monkeypatch):
         np.testing.assert_array_equal(out, ours[0])  # same sums, only on other threads
 
 
+def test_split_layers_are_packed_though_every_run_feeds_a_new_array(monkeypatch):
+    """The stem reads the caller's array only while padding it (before its split): its parts are packed
+    as every other layer's, whether or not the feed is the same array each run."""
+    from bninfer import threads
+    model, feeds = _stem_net(size=(40, 36))
+    monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    packed_runs = []
+    real_tables = threads.Workers.run_tables
+    monkeypatch.setattr(threads.Workers, "run_tables", lambda self, t: (packed_runs.append(1), real_tables(self, t)))
+    counts = []
+    for fresh in (False, True):
+        sess = _session(model, 2)
+        want = sess.run(None, feeds)[0]
+        for _ in range(2):
+            packed_runs.clear()
+            out = sess.run(None, {"x": feeds["x"].copy()} if fresh else feeds)[0]
+            np.testing.assert_array_equal(out, want)
+        counts.append(len(packed_runs))
+    assert counts[0] == counts[1] == 3  # stem, depthwise, 1x1
+
+
+def _session(model, n):
+    so = bninfer.SessionOptions()
+    so.intra_op_num_threads = n
+    return bninfer.InferenceSession(model.SerializeToString(), so)
+
+
 def test_stems_too_narrow_or_with_many_channels_stay_nchw():
     """(Then the depthwise conv, whose input is NCHW, stays out too, and with it the 1x1.)"""
     narrow, feeds = _stem_net(size=(20, STEM_MIN_WIDTH * 2 - 2))  # a 3x3/2 gives rows of 13

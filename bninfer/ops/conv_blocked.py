@@ -138,9 +138,7 @@ def build(node, ins, outs):
         y = o[0].reshape(-1) if scratch_y is None else scratch_y.get()
         if border:
             BK.zero_border(y, N * nob, OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3], *y_pads)
-        # what the parts' calls point into beyond the layer's own arrays: x, r and y are views of these
-        outside = (i[0], r if r is _EMPTY or scratch_r is not None else i[ep.residual],
-                   o[0] if scratch_y is None else y)
+        outside = threads.owners(r, y)  # what the parts' calls point into beyond the layer's own arrays
         for n in range(N):
             calls, count, native = part_of(x, r, y, n)
             threads.split_calls(calls, count, macs, 1, None if native is None else tables[n],
@@ -182,8 +180,8 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     groups = max(1, P // PIXEL_GRAIN)
 
     def part_of(x, r, y, n):
-        """(calls, count, native): threads.split_calls' calls(a, b) over [0, count), and the arrays
-        beyond x, r and y those calls read (None: the calls cannot run natively)."""
+        """(calls, count, native): threads.split_calls' calls(a, b) over [0, count), and the owners of
+        the arrays beyond r and y those calls read (None: the calls cannot run natively)."""
         xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
@@ -207,10 +205,10 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
             return units_over(0, len(units), g0 * PIXEL_GRAIN, P if g1 == groups else g1 * PIXEL_GRAIN)
 
         if len(units) >= 2 * threads.current_size():
-            return (lambda u0, u1: units_over(u0, u1, 0, P)), len(units), ()
+            return (lambda u0, u1: units_over(u0, u1, 0, P)), len(units), threads.owners(x)
         # too few output blocks to share out evenly (a projection to 16-64 channels): each thread takes
         # a run of pixels through every block instead, reading all the weights and its share of the input
-        return pixels, groups, ()
+        return pixels, groups, threads.owners(x)
     return part_of, cout * cin * P
 
 
@@ -288,7 +286,7 @@ def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
                             yn[b0 * yblock:b1 * yblock], b1 - b0, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW,
                             b[c0:c1], rn[b0 * rblock:b1 * rblock] if has_res else rn, has_res, alpha[c0:c1], beta,
                             has_post, ps[c0:c1], pt[c0:c1]))]
-        return part, nb, (() if x_padded else None)
+        return part, nb, (threads.owners(x) if x_padded else None)
     # the blocked depthwise kernel runs at about half a 1x1 layer's speed: its work counts twice. (Ten
     # times, as for the NCHW kernel, split 25 us layers in two: handing a part to a worker costs 10-20 us
     # here, and MobileNetV2's 14x14 depthwise layers ran twice as long on two threads as on one.)
