@@ -397,7 +397,9 @@ def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1)
 
 def owners(*arrays) -> tuple:
     """The object owning each array's memory (its base, or itself): a view made afresh each run has the
-    same owner each run, a copy a new one."""
+    same owner each run, a copy a new one. (Owners alone do not fix where a view starts: a caller's feeds
+    may be slices of one buffer at another offset each run. split_calls' objs add the step's own input
+    and output arrays, whose views the calls take at fixed offsets.)"""
     return tuple(a if a.base is None else a.base for a in arrays)
 
 
@@ -405,9 +407,10 @@ class PartTables:
     """One layer's part tables (bninfer.kernels.calls), packed at the second run that splits it the same
     way on the same buffers and kept: later runs hand the parts to the workers without Python.
 
-    Keyed by the identity of the arrays the calls point into that are not the layer's own (its input and
-    output buffers, thread-local scratches), which a packed entry keeps alive: an id that matches a
-    kept object's is that object. Packing waits for a key's second run, so a caller's fresh input array
+    Keyed by the identity of the arrays the calls point into that are not the layer's own: the step's
+    input and output arrays (the arena's, or a caller's feed read in place), the owners of the views taken
+    of them (a copy made in the run has a new one) and thread-local scratches. A packed entry keeps them
+    alive: an id that matches a kept object's is that object. Packing waits for a key's second run, so a caller's fresh input array
     on every run is never packed (it runs as before); a few keys are kept (one per concurrent run's
     arena), then the lot is dropped and packed again."""
 
@@ -440,8 +443,9 @@ def split_calls(calls: Callable[[int, int], list[tuple]], n: int, macs: float, g
                 tables: PartTables | None = None, objs: tuple = ()) -> None:
     """split, for a layer whose part [a, b) is the kernel calls calls(a, b) lists ((dispatcher, args),
     ...). With `tables`, the parts are packed (PartTables) and run natively by the workers; `objs` are
-    the arrays outside the layer that the calls point into (their views are fine: the calls keep them).
-    Every other array the calls pass must be the layer's own, alive as long as `tables`."""
+    what the calls read outside the layer: the step's input and output arrays the calls take views of,
+    and the owners of those views (`owners`). Every other array the calls pass must be the layer's own,
+    alive as long as `tables`."""
     cur = _local.__dict__.get("current")
     units = -(-n // grain)
     parts = 1 if cur is None else min(cur.size, units, int(macs // (MIN_PART_MACS if tables is None

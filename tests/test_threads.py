@@ -138,6 +138,45 @@ def _session(model, n):
     return bninfer.InferenceSession(model.SerializeToString(), so)
 
 
+@pytest.mark.parametrize("case", ["pointwise", "direct 1x1 7x7", "depthwise blocked", "winograd"])
+def test_packed_parts_follow_feeds_that_are_views_at_other_offsets_of_one_buffer(case, monkeypatch):
+    """Feeds (input and residual, which the kernels read in place) sliced from one buffer at another
+    offset each run: the packed parts must read each run's own (they have one owner, at other addresses)."""
+    from bninfer import threads
+    monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    model, feeds = _conv_block(*SPLIT_CASES[case])
+    serial, sess = _session(model, 1), _session(model, 2)
+    xs = np.concatenate([feeds["x"] * (k + 1) for k in range(4)])
+    rs = np.concatenate([feeds["r"] * (k - 1) for k in range(4)])
+    for k in [0, 1, 2, 3, 1, 0]:
+        f = {"x": xs[k:k + 1], "r": rs[k:k + 1]}
+        np.testing.assert_array_equal(sess.run(None, f)[0], serial.run(None, f)[0])
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MaxPool"])
+def test_packed_one_row_products_and_pooling_follow_feeds_at_other_offsets(op, monkeypatch):
+    from onnx import helper
+
+    from bninfer import threads
+    from tests.util import make_model
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)  # at build: whether the product ever splits
+    monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    if op == "Gemm":
+        model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], {"x": [1, 700]}, ["y"],
+                           {"w": randn(300, 700, seed=1), "b": randn(300, seed=2)})
+        xs = randn(4, 700, seed=3)
+    else:
+        model = make_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                             pads=[1, 1, 1, 1])], {"x": [1, 5, 11, 13]}, ["y"], {})
+        xs = randn(4, 5, 11, 13, seed=4)
+    serial, sess = _session(model, 1), _session(model, 2)
+    for k in [0, 1, 2, 3, 1, 0]:
+        f = {"x": xs[k:k + 1]}
+        np.testing.assert_allclose(sess.run(None, f)[0], serial.run(None, f)[0], rtol=1e-5, atol=1e-4)
+
+
 def test_an_error_in_a_worker_reaches_the_caller_after_every_part_is_done():
     from bninfer import threads
     pool = threads.workers(3)
