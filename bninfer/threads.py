@@ -407,12 +407,12 @@ class PartTables:
     """One layer's part tables (bninfer.kernels.calls), packed at the second run that splits it the same
     way on the same buffers and kept: later runs hand the parts to the workers without Python.
 
-    Keyed by the identity of the arrays the calls point into that are not the layer's own: the step's
-    input and output arrays (the arena's, or a caller's feed read in place), the owners of the views taken
-    of them (a copy made in the run has a new one) and thread-local scratches. A packed entry keeps them
-    alive: an id that matches a kept object's is that object. Packing waits for a key's second run, so a caller's fresh input array
-    on every run is never packed (it runs as before); a few keys are kept (one per concurrent run's
-    arena), then the lot is dropped and packed again."""
+    Keyed by the identity of the arrays the calls point into that are not the layer's own: the step's input
+    and output arrays (the arena's, or a caller's feed read in place), the owners of the views taken of them
+    (a copy made in the run has a new one) and thread-local scratches. A packed entry keeps them alive: an
+    id that matches a kept object's is that object. Packing waits for a key's second run, so a caller's
+    fresh input array on every run is never packed (it runs as before); a few keys are kept (one per
+    concurrent run's arena), then the lot is dropped and packed again."""
 
     MAX_KEYS = 8
 
@@ -440,12 +440,12 @@ class PartTables:
 
 
 def split_calls(calls: Callable[[int, int], list[tuple]], n: int, macs: float, grain: int = 1,
-                tables: PartTables | None = None, objs: tuple = ()) -> None:
-    """split, for a layer whose part [a, b) is the kernel calls calls(a, b) lists ((dispatcher, args),
-    ...). With `tables`, the parts are packed (PartTables) and run natively by the workers; `objs` are
-    what the calls read outside the layer: the step's input and output arrays the calls take views of,
-    and the owners of those views (`owners`). Every other array the calls pass must be the layer's own,
-    alive as long as `tables`."""
+                tables: PartTables | None = None, objs: Callable[[], tuple] = tuple) -> None:
+    """split, for a layer whose part [a, b) is the kernel calls calls(a, b) lists ((dispatcher, args), ...).
+    With `tables`, the parts are packed (PartTables) and run natively by the workers; `objs()` (asked only
+    then: a serial run pays nothing for it) gives what the calls read outside the layer: the step's input
+    and output arrays the calls take views of, and the owners of those views (`owners`). Every other array
+    the calls pass must be the layer's own, alive as long as `tables`."""
     cur = _local.__dict__.get("current")
     units = -(-n // grain)
     parts = 1 if cur is None else min(cur.size, units, int(macs // (MIN_PART_MACS if tables is None
@@ -455,8 +455,9 @@ def split_calls(calls: Callable[[int, int], list[tuple]], n: int, macs: float, g
         if macs >= MIN_WAKE_MACS or not pool.asleep():
             entry = None
             if tables is not None:
-                key = (tuple(map(id, objs)), cur.size, parts)
-                entry = tables.get(key, objs, lambda: [calls(a, b) for a, b in
+                kept = objs()
+                key = (tuple(map(id, kept)), cur.size, parts)
+                entry = tables.get(key, kept, lambda: [calls(a, b) for a, b in
                                                        _shares(n, grain, units, parts, macs, NATIVE_LAG_US)])
             if entry is not None and entry[0] is not None:
                 pool.run_tables(entry[0])

@@ -543,7 +543,7 @@ def test_a_kernel_that_raises_in_a_packed_part_raises_in_the_caller(n_threads, m
     with threads.RunThreads(n_threads):
         for run in range(3):  # from Python, then packed (a serial run is never packed)
             with pytest.raises(ZeroDivisionError):
-                threads.split_calls(calls, 30, 1000.0, 1, tables, (y,))
+                threads.split_calls(calls, 30, 1000.0, 1, tables, lambda: (y,))
     if n_threads > 1:
         assert tables._entries and all(e[0] is not None for e in tables._entries.values())
         np.testing.assert_array_equal(y[:10], 0.5)  # the other parts ran

@@ -407,7 +407,9 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
-        outside = threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)  # x: packed by the caller
+
+        def outside():  # x: packed by the caller
+            return threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)
         for n in range(N):
             if n:
                 xp[:] = 0.0
@@ -456,7 +458,9 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
-        outside = threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)  # x: packed by the caller
+
+        def outside():  # x: packed by the caller
+            return threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)
         for n in range(N):
             if n:
                 xp[:plane] = 0.0
@@ -527,7 +531,9 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             x = _flat(i[0])
         yf = y.reshape(-1)
         res, has_res = ep.residual_array(i)
-        outside = threads.owners(x, yf, b, res) + tuple(i) + tuple(o)
+
+        def outside():
+            return threads.owners(x, yf, b, res) + tuple(i) + tuple(o)
         for n in range(N):
             xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
@@ -600,7 +606,9 @@ def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
-        outside = threads.owners(x, yf, b, res, xp) + tuple(i) + tuple(o)
+
+        def outside():
+            return threads.owners(x, yf, b, res, xp) + tuple(i) + tuple(o)
         for n in range(N):
             xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
@@ -664,7 +672,9 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
-        outside = threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)  # x: packed by the caller
+
+        def outside():  # x: packed by the caller
+            return threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)
         for n in range(N):
             if n:
                 xp[:] = 0.0

@@ -138,12 +138,13 @@ def build(node, ins, outs):
         y = o[0].reshape(-1) if scratch_y is None else scratch_y.get()
         if border:
             BK.zero_border(y, N * nob, OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3], *y_pads)
-        # what the parts' calls point into beyond the layer's own arrays (the stem reads x only to pad it)
-        outside = threads.owners(r, y) + tuple(i[1:] if kind == "stem" else i) + tuple(o)
+
+        def outside():  # what the parts' calls read beyond the layer's own arrays (the stem reads x only to pad it)
+            return threads.owners(r, y) + tuple(i[1:] if kind == "stem" else i) + tuple(o)
         for n in range(N):
             calls, count, native = part_of(x, r, y, n)
             threads.split_calls(calls, count, macs, 1, None if native is None else tables[n],
-                                () if native is None else outside + native)
+                                lambda: outside() + native)
         if scratch_y is not None:
             yo = o[0].reshape(-1)
             for n in range(N):

@@ -290,7 +290,7 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
         def rows(s0, s1):
             return [(K.vector_matrix_rows, (x, w, part[s * n:(s + 1) * n], n, bounds[s], bounds[s + 1]))
                     for s in range(s0, s1)]
-        threads.split_calls(rows, size, macs, 1, tables, threads.owners(x, part) + (i[0],))
+        threads.split_calls(rows, size, macs, 1, tables, lambda: threads.owners(x, part) + (i[0],))
         K.sum_rows(part, size, y, n, *args)
     return run
 

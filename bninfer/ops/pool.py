@@ -163,7 +163,7 @@ def _pool(node, ins, outs):
     def run(i, o):
         x, y = _flat(i[0]), o[0].reshape(-1)
         threads.split_calls(lambda a, b: rows(x, y, a, b), planes, work, 1, tables,
-                            threads.owners(x, y) + (i[0], o[0]))
+                            lambda: threads.owners(x, y) + (i[0], o[0]))
     return run
 
 
