@@ -27,3 +27,7 @@ class InputTypeError(BninferError, TypeError):
 
 class TrainingModeError(UnsupportedOperatorError):
     """A BatchNormalization (or similar) asks for batch statistics: not an inference graph."""
+
+
+class WorkerError(BninferError, RuntimeError):
+    """A kernel failed in a worker thread, but not when the caller ran the same calls again."""

@@ -521,6 +521,20 @@ def test_packed_calls_take_every_argument_kind_and_refuse_what_fits_no_signature
     assert packed.table([(kern, (y, x, 1, 7, 0.5, 0.25))]) is None  # an int where a bool is taken
 
 
+def test_a_part_noted_failed_that_runs_clean_from_python_is_reported_not_ignored():
+    from bninfer.errors import WorkerError
+    from bninfer.kernels.calls import Packed, run_table
+    _fill.compile((types.float32[::1], types.float64, types.int64, types.int64))
+    y = np.zeros(4, np.float32)
+    packed = Packed()
+    run_table(packed.table([(_fill, (y, 3.0, 0, 4))]))
+    packed.check()  # ran clean: nothing to report
+    packed.tables[0][1] = 1  # as a worker's failed first call would note it
+    with pytest.raises(WorkerError, match="_fill"):
+        packed.check()
+    assert packed.tables[0][1] == 0
+
+
 @njit(nogil=True)
 def _divide(y, d, a, b):
     for j in range(a, b):

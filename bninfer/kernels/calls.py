@@ -30,6 +30,8 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 from numba.np.numpy_support import as_dtype
 
+from ..errors import WorkerError
+
 _I64 = ir.IntType(64)
 
 
@@ -191,8 +193,8 @@ class Packed:
             if failed:
                 table[1] = 0
                 run_calls(calls)
-                raise RuntimeError(f"kernel {calls[failed - 1][0].__name__} failed in a worker thread, "
-                                   "but not when run again from Python")
+                raise WorkerError(f"kernel {calls[failed - 1][0].__name__} failed in a worker thread, "
+                                  "but not when run again from Python")
 
     def table(self, calls: list[tuple]) -> int | None:
         """Pack [(kernel dispatcher, args), ...] into a part table and return its address; None when a
