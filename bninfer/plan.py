@@ -12,11 +12,11 @@ demand, kept for reuse); nothing is allocated per inference but the returned out
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import concat_views, memory, ops
+from . import concat_views, memory, native, ops, threads
 from .ir import Graph, Node
 from .passes import layout
 
@@ -30,10 +30,12 @@ class Step:
 
 
 class Plan:
-    def __init__(self, graph: Graph, blocked: bool = True):
+    def __init__(self, graph: Graph, blocked: bool = True, native: bool = True):
         """The plan of `graph` (static shapes); with `blocked`, depthwise-separable chains run on
-        channel-blocked values (bninfer.passes.layout, on a copy: self.graph stays as given)."""
+        channel-blocked values (bninfer.passes.layout, on a copy: self.graph stays as given); with
+        `native`, from an arena's second run on, stretches of steps run as native calls (bninfer.native)."""
         self.graph = graph
+        self.native = native
         if blocked:
             graph = layout.run(graph)
         slots: dict[str, int] = {}
@@ -158,6 +160,17 @@ class Plan:
             arena = self._arenas.pop()  # list.pop and .append are atomic: concurrent runs take their own
         except IndexError:
             arena = self._bind()
+        size = threads.current_size()
+        segs = arena.native.get(size) if profiler is None else None
+        if segs is not None:  # stretches of steps as native calls (bninfer.native), on the arena's buffers
+            try:
+                for name, buf, _, _ in arena.inputs:
+                    np.copyto(buf, feeds[name])
+                native.run(segs)
+                return [a.copy() for a in arena.outputs]
+            finally:
+                self._arenas.append(arena)
+        ran = False
         try:
             for name, buf, readers, copied in arena.inputs:
                 # The caller's array is read in place when it has the layout the kernels were built for
@@ -180,11 +193,15 @@ class Plan:
                     t0 = clock()
                     run(ins, outs)
                     profiler.record(node, t0, clock())
+            ran = True
             return [a.copy() for a in arena.outputs]
         finally:
             for _, buf, readers, _ in arena.inputs:  # hold no reference to the caller's arrays between runs
                 for ins, pos in readers:
                     ins[pos] = buf
+            if ran and self.native and profiler is None and size not in arena.native:
+                # every kernel of the run has its compiled signature now: record and pack them
+                arena.native[size] = native.segments(arena.calls)
             self._arenas.append(arena)
 
 
@@ -197,3 +214,4 @@ class _Arena:
     calls: list
     inputs: list
     outputs: list
+    native: dict = field(default_factory=dict)  # thread count -> bninfer.native segments

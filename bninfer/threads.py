@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import record
 from .kernels.calls import Packed, run_calls, run_table
 
 BLAS_SERIAL_MACS = 4 * 65536  # OpenBLAS's GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
@@ -386,6 +387,8 @@ def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1)
     cur = _local.__dict__.get("current")
     units = -(-n // grain)
     parts = 1 if cur is None else min(cur.size, units, int(macs // MIN_PART_MACS))
+    if parts > 1 and record.active() is not None:  # a split cannot be recorded (bninfer.record)
+        raise record.Unrecordable
     if parts > 1:
         pool = cur.pool
         if macs >= MIN_WAKE_MACS or not pool.asleep():
@@ -393,6 +396,20 @@ def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1)
             return
         pool.wake()  # this layer runs here; the ones after it find the workers spinning
     call(0, n)
+
+
+def run_split(tables: list[int], packed: Packed, macs: float) -> None:
+    """A recorded split layer (bninfer.native): its packed parts over the current run's workers, as
+    split_calls runs them, or all on the caller (waking the workers for the next layers) when they sleep
+    and the layer is too small to wait for them."""
+    pool = _local.__dict__["current"].pool
+    if macs >= MIN_WAKE_MACS or not pool.asleep():
+        pool.run_tables(tables)
+    else:
+        pool.wake()
+        for t in tables:
+            run_table(t)
+    packed.check()
 
 
 def owners(*arrays) -> tuple:
@@ -450,6 +467,16 @@ def split_calls(calls: Callable[[int, int], list[tuple]], n: int, macs: float, g
     units = -(-n // grain)
     parts = 1 if cur is None else min(cur.size, units, int(macs // (MIN_PART_MACS if tables is None
                                                                     else MIN_NATIVE_PART_MACS)))
+    rec = record.active()
+    if rec is not None:  # the plan records the step (bninfer.record)
+        if parts <= 1:
+            rec.calls.extend(calls(0, n))
+        elif tables is None:
+            raise record.Unrecordable
+        else:
+            rec.calls.append(record.Split([calls(a, b) for a, b in
+                                           _shares(n, grain, units, parts, macs, NATIVE_LAG_US)], macs))
+        return
     if parts > 1:
         pool = cur.pool
         if macs >= MIN_WAKE_MACS or not pool.asleep():

@@ -7,7 +7,7 @@ import numpy as np
 from onnx import helper
 
 import bninfer
-from tests.util import make_model, randn, run_bn, run_ort
+from tests.util import make_model, randn, run_bn, run_ort, run_twice
 
 
 class Builder:
@@ -62,7 +62,7 @@ def check(model, feeds: dict, rtol: float = 1e-4, atol: float = 1e-4) -> bninfer
     The absolute tolerance grows with the output's magnitude: float32 sums of large terms (a BN with
     near-zero variance scales by ~300) carry absolute errors relative to those terms."""
     sess = bninfer.InferenceSession(model.SerializeToString())
-    ours = sess.run(None, feeds)
+    ours = run_twice(sess, feeds)
     plain = run_bn(model, feeds, bninfer.GraphOptimizationLevel.ORT_DISABLE_ALL)
     theirs = run_ort(model, feeds)
     for a, b, c in zip(ours, plain, theirs):

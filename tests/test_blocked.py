@@ -12,7 +12,7 @@ from bninfer.kernels import conv_direct as CD
 from bninfer.ops.conv_blocked import STEM_MAX_CHANNELS, STEM_MIN_WIDTH
 from tests.graphs import Builder
 from tests.test_threads import _split_run
-from tests.util import run_ort
+from tests.util import run_ort, run_twice
 
 ACTS = {A.NONE: lambda v, a: v, A.CLIP: lambda v, a: np.minimum(np.maximum(v, a[:, None]), 6.0),  # alpha: Clip's lower bound
         A.LEAKY_RELU: lambda v, a: np.where(v < 0, v * a[:, None], v),
@@ -257,7 +257,7 @@ def _check(model, feeds, **kw):
     so = bninfer.SessionOptions()
     so.intra_op_num_threads = 1
     sess = bninfer.InferenceSession(model.SerializeToString(), so)
-    ours = sess.run(None, feeds)
+    ours = run_twice(sess, feeds)
     for a, t in zip(ours, run_ort(model, feeds)):
         np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(t).max())))
     return sess, ours

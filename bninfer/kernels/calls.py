@@ -172,6 +172,16 @@ def _words(argtys: tuple, args: tuple) -> list[int]:
     return out
 
 
+def _signature(kern, args):
+    """The compiled signature of dispatcher `kern` that `args` fit, or None."""
+    return next((s for s in kern.signatures if len(s) == len(args) and all(map(_fits, s, args))), None)
+
+
+def packable(calls: list[tuple]) -> bool:
+    """Whether every (dispatcher, args) of `calls` fits a compiled signature (Packed.table takes them)."""
+    return all(_signature(kern, args) is not None for kern, args in calls)
+
+
 def run_calls(calls: list[tuple]) -> None:
     for kern, args in calls:
         kern(*args)
@@ -193,15 +203,15 @@ class Packed:
             if failed:
                 table[1] = 0
                 run_calls(calls)
-                raise WorkerError(f"kernel {calls[failed - 1][0].__name__} failed in a worker thread, "
-                                  "but not when run again from Python")
+                raise WorkerError(f"kernel {calls[failed - 1][0].__name__} failed in native code (a worker "
+                                  "thread or a recorded plan), but not when run again from Python")
 
     def table(self, calls: list[tuple]) -> int | None:
         """Pack [(kernel dispatcher, args), ...] into a part table and return its address; None when a
         call has no compiled signature its arguments fit (the caller then runs the calls from Python)."""
         row = [len(calls), 0]
         for kern, args in calls:
-            sig = next((s for s in kern.signatures if len(s) == len(args) and all(map(_fits, s, args))), None)
+            sig = _signature(kern, args)
             if sig is None:
                 return None
             cres = kern.overloads[sig]

@@ -16,6 +16,13 @@ def activation(x, out, code, alpha, beta):
 
 
 @njit(cache=True, nogil=True)
+def copy(x, out):
+    """out[:] = x for flat float32 arrays (reshape-like steps of a recorded plan: bninfer.record)."""
+    for i in range(x.size):
+        out[i] = x[i]
+
+
+@njit(cache=True, nogil=True)
 def erf(x, out):
     for i in range(x.size):
         out[i] = math.erf(x[i])

@@ -38,12 +38,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import activations, threads
+from .. import activations, record, threads
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import conv as K
 from ..kernels import conv_direct as CD
 from ..kernels import depthwise as DWK
-from ..memory import aligned_zeros
+from ..memory import aligned
 from . import fusion, register, require_float32
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -59,10 +59,7 @@ class _PaddedInput:
         self._local = threading.local()
 
     def get(self) -> np.ndarray:
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = aligned_zeros(self.size)
-        return buf
+        return record.scratch(self.size, self._local)
 
 
 _EMPTY = np.zeros(1, np.float32)  # stands for an absent residual (never read, never written)
@@ -306,6 +303,8 @@ class _Epilogue:
             return _EMPTY, False
         r = i[self.residual]
         if self.residual_shape is not None:
+            if record.active() is not None:  # _flat copies it each run: a recorded copy would go stale
+                raise record.Unrecordable
             r = np.broadcast_to(r, self.residual_shape)
         return _flat(r), True
 
@@ -413,8 +412,8 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         for n in range(N):
             if n:
                 xp[:] = 0.0
-            DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, SW, Wq, PH, PW, pro.has_pre,
-                          pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            record.call(DWK.pack_rows, x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, SW, Wq, PH, PW, pro.has_pre,
+                        pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
             yn, rn = yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
             def part(b0, b1):  # output-channel blocks [b0, b1)
@@ -423,7 +422,7 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
                 return [(kern, (xp, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, Hp, Wq, OH, OW, bo, ro, ao, be,
                                 so, to))]
             threads.split_calls(part, -(-cout // cot), macs, 1, tables[n], outside)
-    return run
+    return record.recordable(run) if N == 1 else run  # several images clear the scratch between them
 
 
 def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
@@ -464,8 +463,8 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         for n in range(N):
             if n:
                 xp[:plane] = 0.0
-            DWK.pack_rows(x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, 1, Wp, PH, PW, pro.has_pre,
-                          pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            record.call(DWK.pack_rows, x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, 1, Wp, PH, PW, pro.has_pre,
+                        pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
             yn, rn = yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
             def part(b0, b1):  # output-channel blocks [b0, b1)
@@ -474,7 +473,7 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
                 return [(kern, (xp, w[b0 * wblock:b1 * wblock], yo, cinb, Hp, Wp, c1 - c0, OH, OW, bo, ro, hr, ao,
                                 be, hp, so, to, 0))]
             threads.split_calls(part, nob, macs, 1, tables[n], outside)
-    return run
+    return record.recordable(run) if N == 1 else run
 
 
 # The pointwise kernel's default tile, output channels x pixels: its pixel count decides which 1x1 layers
@@ -544,7 +543,7 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
                                 pro.scale, pro.shift, pro.alpha, pro.beta))]
             # a subsampled input is a copy made afresh each run: never packed
             threads.split_calls(part, nob, macs, 1, None if subsample else tables[n], outside)
-    return run
+    return run if subsample else record.recordable(run)
 
 
 def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
@@ -574,13 +573,13 @@ def _depthwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         for n in range(N):
             xn, yn, rn = x[n * xs:(n + 1) * xs], yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
-            def part(c0, c1):  # channels [c0, c1)
+            def part(c0, c1):  # channels [c0, c1), through the scratch of the thread that runs them
                 yo, bo, ro, _, ao, be, _, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
-                kern(xn[c0 * H * W:c1 * H * W], scratch.get(), w[c0 * kk:], yo, c1 - c0, H, W, Hp, Wq, PH, PW,
-                     OH, OW, bo, ro, ao, be, so, to, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
-                     pro.alpha[c0:c1], pro.beta)
-            threads.split(part, C, macs)
-    return run
+                return [(kern, (xn[c0 * H * W:c1 * H * W], scratch.get(), w[c0 * kk:], yo, c1 - c0, H, W, Hp, Wq,
+                                PH, PW, OH, OW, bo, ro, ao, be, so, to, pro.has_pre, pro.scale[c0:c1],
+                                pro.shift[c0:c1], pro.code, pro.alpha[c0:c1], pro.beta))]
+            threads.split(lambda c0, c1: record.calls(part(c0, c1)), C, macs)
+    return record.recordable(run)
 
 
 def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, macs: float):
@@ -620,7 +619,7 @@ def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, 
                                          pro.alpha[c0:c1], pro.beta)),
                         (kern, (xpc, w[c0 * kk:], yo, c1 - c0, Hp, Wq, OH, OW, bo, ro, hr, ao, be, hp, so, to))]
             threads.split_calls(part, C, macs, 16, tables[n], outside)
-    return run
+    return record.recordable(run)
 
 
 # -- Winograd F(2x2, 3x3) selection (bninfer.kernels.winograd) ------------------------------------------
@@ -678,8 +677,8 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         for n in range(N):
             if n:
                 xp[:] = 0.0
-            CD.pack_input(x[n * xs:(n + 1) * xs], xp, cin, H, W, 16, Hp, Wp, PH, PW, pro.has_pre,
-                          pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            record.call(CD.pack_input, x[n * xs:(n + 1) * xs], xp, cin, H, W, 16, Hp, Wp, PH, PW, pro.has_pre,
+                        pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
             r = res[n * ys:(n + 1) * ys] if has_res else res
             yn = yf[n * ys:(n + 1) * ys]
 
@@ -693,7 +692,27 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
                 return [(kern, (xp, U, yn, cinb, Hp, Wp, cout, nob, OH, OW, b, r, has_res, alpha, beta, has_post,
                                 ps, pt, rows, k0 * rows, k1 * rows))]
             threads.split_calls(part, nchunks, macs, 1, tables[n], outside)
-    return run
+    return record.recordable(run) if N == 1 else run
+
+
+def _one_pixel_conv(g: Geometry, ep: _Epilogue, bias, has_bias: bool, wdata):
+    """A 1x1 conv of a one-pixel input (squeeze-excitation's convs): a matrix-vector product per image,
+    product and epilogue in one call of the one-row Gemm kernel (kernels.gemm.vector_matrix). Through
+    numpy's matmul and then the epilogue, EfficientNet-B0's 32 such layers took 5-7 us each."""
+    from ..kernels import gemm as GK
+    cin, cout, N = g.in_channels, g.out_channels, g.batch
+    w = aligned(np.asarray(wdata, np.float32).reshape(cout, cin).T).reshape(-1)  # (cin, cout), row-major
+    zeros = np.zeros(cout, np.float32)
+
+    def run(i, o):
+        x, y = _flat(i[0]).reshape(N, cin), o[0].reshape(N, cout)
+        b = _runtime_bias(i, bias)
+        res, has_res = ep.residual_array(i)
+        for n in range(N):
+            record.call(GK.vector_matrix, x[n:n + 1], w, y[n:n + 1], cin, cout, 0, cout, b, has_bias,
+                        res[n * cout:(n + 1) * cout] if has_res else zeros, has_res, ep.code, ep.alpha, ep.beta,
+                        ep.has_post, ep.post_scale, ep.post_shift)
+    return record.recordable(run)
 
 
 # -- Conv --------------------------------------------------------------------------------------------
@@ -734,6 +753,9 @@ def _conv(node, ins, outs):
     if wdata is not None and unpadded_1x1 and pw_prologue and (g.nsp <= 2 or pointwise) and G == 1 \
             and np.prod(out_shape) > 0 and _PW_TILE and (P >= 4 * _PW_TILE[1] or P % _PW_TILE[1] == 0):
         return _pointwise_conv(g, ep, pro, bias, wdata)
+    if wdata is not None and G == 1 and unpadded_1x1 and all(d == 1 for d in g.in_spatial) \
+            and not pro.has_pre and np.prod(out_shape) > 0:
+        return _one_pixel_conv(g, ep, bias, has_bias, wdata)
     if wdata is not None and not depthwise and G == 1 and g.nsp <= 2 and np.prod(out_shape) > 0 \
             and (ksize > 1 or g.in_channels >= _DIRECT_1X1_MIN_CIN and P > 1):
         if g.in_channels <= _ROWVEC_MAX_CIN and ksize > 1:

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import activations, threads
+from .. import activations, record, threads
 from ..errors import ModelError
 from ..ir import Value
 from ..kernels import blocked as BK
@@ -131,13 +131,13 @@ def build(node, ins, outs):
             if scratch_r is not None:
                 rb = scratch_r.get()
                 for n in range(N):
-                    BK.to_blocked(r[n * cout * P:(n + 1) * cout * P], rb[n * rs:(n + 1) * rs], cout, P)
+                    record.call(BK.to_blocked, r[n * cout * P:(n + 1) * cout * P], rb[n * rs:(n + 1) * rs], cout, P)
                 r = rb
         else:
             r = _EMPTY
         y = o[0].reshape(-1) if scratch_y is None else scratch_y.get()
         if border:
-            BK.zero_border(y, N * nob, OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3], *y_pads)
+            record.call(BK.zero_border, y, N * nob, OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3], *y_pads)
 
         def outside():  # what the parts' calls read beyond the layer's own arrays (the stem reads x only to pad it)
             return threads.owners(r, y) + tuple(i[1:] if kind == "stem" else i) + tuple(o)
@@ -148,8 +148,8 @@ def build(node, ins, outs):
         if scratch_y is not None:
             yo = o[0].reshape(-1)
             for n in range(N):
-                BK.from_blocked(y[n * ys:(n + 1) * ys], yo[n * cout * P:(n + 1) * cout * P], cout, P)
-    return run
+                record.call(BK.from_blocked, y[n * ys:(n + 1) * ys], yo[n * cout * P:(n + 1) * cout * P], cout, P)
+    return record.recordable(run)
 
 
 # pixels per share when threads split a 1x1 layer over its pixels: at least a tile's (7 or 8)
@@ -248,7 +248,7 @@ def _dense(g, ep, y_pads, wdata, vec):
     def part_of(x, r, y, n):
         """(calls, count, native), as for a 1x1 layer."""
         xp = padded.get()  # the caller's: the workers read it too
-        BK.pad_planes(x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, Wp, PH, PW)
+        record.call(BK.pad_planes, x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, Wp, PH, PW)
         yn = y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import activations
+from .. import activations, record
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import elementwise as K
 from . import broadcast_shapes, register, require_float32, same_as_input
@@ -24,8 +24,8 @@ def _activation(node, ins, outs):
     alpha, beta = activations.params_of(node.op, node.attrs)
 
     def run(i, o):
-        K.activation(i[0].reshape(-1), o[0].reshape(-1), code, alpha, beta)
-    return run
+        record.call(K.activation, i[0].reshape(-1), o[0].reshape(-1), code, alpha, beta)
+    return record.recordable(run)
 
 
 def _clip_bounds(node, ins) -> tuple[float, float]:
@@ -46,8 +46,8 @@ def _clip(node, ins, outs):
         return lambda i, o: np.copyto(o[0], np.clip(i[0], lo, hi).astype(o[0].dtype))
 
     def run(i, o):
-        K.activation(i[0].reshape(-1), o[0].reshape(-1), activations.CLIP, lo, hi)
-    return run
+        record.call(K.activation, i[0].reshape(-1), o[0].reshape(-1), activations.CLIP, lo, hi)
+    return record.recordable(run)
 
 
 def _clip_runtime_bounds(node, ins):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import record
 from ..errors import ModelError
 from ..kernels import blocked as BK
 from ..kernels import conv_direct as CD
+from ..kernels import elementwise as EK
 from . import fusion
 from .conv import _PaddedInput
 
@@ -69,8 +71,8 @@ def _gap(ins, outs):
     def run(i, o):
         x, y = i[0].reshape(-1), o[0].reshape(-1)
         for k in range(n):
-            BK.global_avg(x[k * xs:(k + 1) * xs], y[k * C:(k + 1) * C], C, P)
-    return run
+            record.call(BK.global_avg, x[k * xs:(k + 1) * xs], y[k * C:(k + 1) * C], C, P)
+    return record.recordable(run)
 
 
 def _scale(node, ins, outs):
@@ -88,6 +90,6 @@ def _scale(node, ins, outs):
         x, s, y = i[k].reshape(-1), i[1 - k].reshape(-1), o[0].reshape(-1)
         f = factors.get()
         for m in range(n):
-            f[:C] = s[m * C:(m + 1) * C] if per_image else s[:C]
-            BK.scale_channels(x[m * xs:(m + 1) * xs], f, y[m * xs:(m + 1) * xs], nb, P)
-    return run
+            record.call(EK.copy, s[m * C:(m + 1) * C] if per_image else s[:C], f[:C])
+            record.call(BK.scale_channels, x[m * xs:(m + 1) * xs], f, y[m * xs:(m + 1) * xs], nb, P)
+    return record.recordable(run)

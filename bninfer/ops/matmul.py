@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import gemm as K
 from ..memory import aligned
-from .. import threads
+from .. import record, threads
 from . import broadcast_shapes, fusion, register, require_float32
 
 
@@ -252,15 +252,15 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
         return a if a.ndim == 2 else a.reshape(1, -1)
 
     if n == 0:
-        return lambda i, o: None
+        return record.recordable(lambda i, o: None)
     if macs < threads.MIN_PART_MACS * 2:  # never split: one straight call (the common small layer)
         if fixed:
             def run(i, o):
-                K.vector_matrix(two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep_args)
+                record.call(K.vector_matrix, two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep_args)
         else:
             def run(i, o):
-                K.vector_matrix(two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep.args(i))
-        return run
+                record.call(K.vector_matrix, two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep.args(i))
+        return record.recordable(run)
 
     # per calling thread (runs of one session from several threads at once) and thread count: one row
     # of partial sums per share
@@ -273,8 +273,9 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
         args = ep_args if fixed else ep.args(i)
         size = threads.current_size()
         if size == 1:
-            K.vector_matrix(x, w, y, k, n, 0, n, *args)
+            record.call(K.vector_matrix, x, w, y, k, n, 0, n, *args)
             return
+        # (several threads always split a layer this large: bninfer.record leaves it to Python)
         # split over the weights' rows: each thread streams a contiguous block of them (split over
         # columns, both read every row's cache lines: ResNet-50's 2048x1000 from memory took 365 us on two
         # threads, 273 by rows, 462 on one). The rows always go into one share per thread, whether the
@@ -291,8 +292,8 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
             return [(K.vector_matrix_rows, (x, w, part[s * n:(s + 1) * n], n, bounds[s], bounds[s + 1]))
                     for s in range(s0, s1)]
         threads.split_calls(rows, size, macs, 1, tables, lambda: threads.owners(x, part) + (i[0],))
-        K.sum_rows(part, size, y, n, *args)
-    return run
+        record.call(K.sum_rows, part, size, y, n, *args)
+    return record.recordable(run)
 
 
 # -- Gemm -------------------------------------------------------------------------------------------

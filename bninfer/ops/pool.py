@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import threads
+from .. import record, threads
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import pool as K
 from . import fusion, register, require_float32
@@ -133,7 +133,7 @@ def _pool(node, ins, outs):
     include_pad = not is_max and bool(node.attrs.get("count_include_pad", 0))
     args = w.in_size + w.out_size + w.kernel + w.strides + w.pads_begin + w.pads_end + w.dilations
     if planes == 0 or 0 in w.out_size:
-        return lambda i, o: None  # an empty output
+        return record.recordable(lambda i, o: None)  # an empty output
 
     D, H, W = w.in_size
     OD, OH, OW = w.out_size
@@ -143,8 +143,8 @@ def _pool(node, ins, outs):
         tiled = K.max_pool_tiled if is_max else K.avg_pool_tiled
 
         def run_tiled(i, o):  # windows that tile the input (no padding: count_include_pad changes nothing)
-            tiled(_flat(i[0]), o[0].reshape(-1), planes, H, W, OH, OW, kh, kw)
-        return run_tiled
+            record.call(tiled, _flat(i[0]), o[0].reshape(-1), planes, H, W, OH, OW, kh, kw)
+        return record.recordable(run_tiled)
 
     ph, pw = w.pads_begin[1:]
     sh, sw = w.strides[1:]
@@ -164,7 +164,7 @@ def _pool(node, ins, outs):
         x, y = _flat(i[0]), o[0].reshape(-1)
         threads.split_calls(lambda a, b: rows(x, y, a, b), planes, work, 1, tables,
                             lambda: threads.owners(x, y) + (i[0], o[0]))
-    return run
+    return record.recordable(run)
 
 
 def _global_infer(node, ins):
@@ -190,13 +190,13 @@ def _global(node, ins, outs):
         channels = int(shape[1])
 
         def run_fused(i, o):
-            K.global_pool_prologue(_flat(i[0]), o[0].reshape(-1), planes, channels, inner, pro.scale,
-                                   pro.shift, pro.act.code, pro.act.alpha, pro.act.beta, take_max)
-        return run_fused
+            record.call(K.global_pool_prologue, _flat(i[0]), o[0].reshape(-1), planes, channels, inner, pro.scale,
+                        pro.shift, pro.act.code, pro.act.alpha, pro.act.beta, take_max)
+        return record.recordable(run_fused)
 
     def run(i, o):
-        kernel(_flat(i[0]), o[0].reshape(-1), planes, inner)
-    return run
+        record.call(kernel, _flat(i[0]), o[0].reshape(-1), planes, inner)
+    return record.recordable(run)
 
 
 def _lrn_infer(node, ins):
@@ -222,5 +222,5 @@ def _lrn(node, ins, outs):
     bias = float(node.attrs.get("bias", 1.0))
 
     def run(i, o):
-        K.lrn(_flat(i[0]), o[0].reshape(-1), batch, channels, inner, size, alpha, beta, bias)
-    return run
+        record.call(K.lrn, _flat(i[0]), o[0].reshape(-1), batch, channels, inner, size, alpha, beta, bias)
+    return record.recordable(run)

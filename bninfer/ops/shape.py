@@ -2,7 +2,8 @@
 Shape, Size, Gather, ConstantOfShape, Range, Expand, Tile.
 
 Everything here is numpy: these ops also run at load time on constants of any dtype (int64 shape
-tensors, bool masks), and at run time they are plain copies. Every index, shape, axis or pad is worked
+tensors, bool masks), and at run time they are plain copies (float32 reshapes by a kernel, which a
+recorded plan calls natively: bninfer.record). Every index, shape, axis or pad is worked
 out at plan time (shape tensors are constants: see `const_inputs`), so `run` only moves data.
 """
 from __future__ import annotations
@@ -11,7 +12,9 @@ import math
 
 import numpy as np
 
+from .. import record
 from ..errors import ModelError, UnsupportedOperatorError
+from ..kernels import elementwise as EK
 from . import broadcast_shapes, const_ints, normalize_axis, register
 
 
@@ -41,6 +44,16 @@ def _axes(node, axes, rank: int, what: str = "axes") -> list[int]:
 def _copy_reshaped(i, o):
     """Reshape-like ops: the data does not change, only the shape (one contiguous copy)."""
     np.copyto(o[0], i[0].reshape(o[0].shape))
+
+
+@record.recordable
+def _copy_flat(i, o):
+    """_copy_reshaped for float32 values, by a kernel a recorded plan can call (bninfer.record)."""
+    record.call(EK.copy, i[0].reshape(-1), o[0].reshape(-1))
+
+
+def _reshaped(node, ins, outs):
+    return _copy_flat if ins[0].dtype == np.float32 and ins[0].data is None else _copy_reshaped
 
 
 # -- Concat ------------------------------------------------------------------------------------------
@@ -258,10 +271,10 @@ def _unsqueeze_infer(node, ins):
     return [(tuple(1 if k in axes else next(rest) for k in range(rank)), ins[0].dtype)]
 
 
-register("Flatten", infer=_flatten_infer)(lambda node, ins, outs: _copy_reshaped)
-register("Reshape", infer=_reshape_infer, const_inputs=(1,))(lambda node, ins, outs: _copy_reshaped)
-register("Squeeze", infer=_squeeze_infer, const_inputs=(1,))(lambda node, ins, outs: _copy_reshaped)
-register("Unsqueeze", infer=_unsqueeze_infer, const_inputs=(1,))(lambda node, ins, outs: _copy_reshaped)
+register("Flatten", infer=_flatten_infer)(_reshaped)
+register("Reshape", infer=_reshape_infer, const_inputs=(1,))(_reshaped)
+register("Squeeze", infer=_squeeze_infer, const_inputs=(1,))(_reshaped)
+register("Unsqueeze", infer=_unsqueeze_infer, const_inputs=(1,))(_reshaped)
 
 
 # -- Transpose ---------------------------------------------------------------------------------------

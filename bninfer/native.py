@@ -1,0 +1,103 @@
+"""A plan's steps as stretches of native calls: every run of consecutive steps whose kernel calls can be
+recorded (bninfer.record) becomes one part table (bninfer.kernels.calls), which one call into native code
+runs kernel after kernel, without Python between them. A small model (the MNIST CNN, the MLP) then
+crosses from Python into native code once per run.
+
+At several threads a layer that splits becomes a `Split`: its parts packed into one table per thread,
+handed to the workers as threads.split_calls hands them, without the op's own Python around them.
+
+Made per arena and thread count, after a run of the arena at that thread count went through Python (so
+every kernel has its compiled signature): the tables point into that arena's buffers and into scratches
+of their own. A step stays with Python when its op is not recordable, when it splits through Python
+(threads.split), or when a call fits no compiled signature.
+"""
+from __future__ import annotations
+
+from . import record, threads
+from .kernels.calls import Packed, packable, run_table
+
+
+class Table:
+    """Consecutive recorded steps, run by one native call."""
+
+    def __init__(self, calls: list[tuple], keep: list):
+        self.packed = Packed()
+        self.packed.keep.extend(keep)
+        self.addr = self.packed.table(calls)
+        self.status = self.packed.tables[-1] if self.addr is not None else None
+
+    def __call__(self) -> None:
+        run_table(self.addr)
+        if self.status[1]:  # a kernel failed: Python runs the calls again and raises its exception
+            self.packed.check()
+
+
+class Split:
+    """A recorded layer split over the run's threads (bninfer.record.Split), its parts packed."""
+
+    def __init__(self, split: record.Split, keep: list):
+        self.packed = Packed()
+        self.packed.keep.extend(keep)
+        self.tables = [self.packed.table(part) for part in split.parts]
+        self.macs = split.macs
+
+    def __call__(self) -> None:
+        threads.run_split(self.tables, self.packed, self.macs)
+
+
+def _record(run, ins, outs) -> tuple[list, list] | None:
+    """The kernel calls that `run(ins, outs)` makes, and the scratches they use; None when it cannot be
+    recorded or packed."""
+    if not getattr(run, "recordable", False):
+        return None
+    try:
+        with record.recording() as rec:
+            run(ins, outs)
+    except record.Unrecordable:
+        return None
+    serial = [c for c in rec.calls if type(c) is not record.Split]
+    split = [c for part in rec.calls if type(part) is record.Split for p in part.parts for c in p]
+    if not (packable(serial) and packable(split)):  # a call no compiled signature fits
+        return None
+    return rec.calls, rec.keep
+
+
+def segments(calls: list[tuple]) -> list:
+    """For a plan's bound calls [(run, ins, outs, node), ...]: what runs them, in order: a Table for each
+    stretch of recorded steps, a (run, ins, outs) triple for each step left to Python."""
+    out: list = []
+    pending: list[tuple] = []
+    keep: list = []
+
+    def close() -> None:
+        if pending:
+            out.append(Table(list(pending), list(keep)))
+            pending.clear()
+            keep.clear()
+
+    for run, ins, outs, _ in calls:
+        recorded = _record(run, ins, outs)
+        if recorded is None:
+            close()
+            out.append((run, ins, outs))
+            continue
+        step_keep = recorded[1]
+        keep.extend(step_keep)
+        for c in recorded[0]:
+            if type(c) is record.Split:
+                close()
+                out.append(Split(c, step_keep))
+                keep.extend(step_keep)  # the step's calls after its split may use them too
+            else:
+                pending.append(c)
+    close()
+    return out
+
+
+def run(segs: list) -> None:
+    for seg in segs:
+        if type(seg) is tuple:
+            seg[0](seg[1], seg[2])
+        else:
+            seg()
+
