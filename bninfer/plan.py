@@ -8,6 +8,11 @@ a concat's output (bninfer.concat_views: the concat step is left out, its inputs
 output, written in place; a block holding such views lives as long as any of them). Several threads
 may run the same session at once, so each concurrent run takes an arena of its own from a pool (made on
 demand, kept for reuse); nothing is allocated per inference but the returned outputs.
+
+From an arena's second run on, its steps run as recorded native calls (bninfer.native): each stretch
+of recordable steps is one call into a table of kernel calls, a layer split over threads hands its
+packed parts to the workers directly, and Python runs only what cannot be recorded. The feeds are then
+copied into the arena's input buffers, which the tables point at.
 """
 from __future__ import annotations
 
@@ -161,7 +166,13 @@ class Plan:
         except IndexError:
             arena = self._bind()
         size = threads.current_size()
-        segs = arena.native.get(size) if profiler is None else None
+        segs = None
+        if profiler is None and self.native:
+            segs = arena.native.get(size)
+            if segs is None and size in arena.ran:
+                # every kernel has its compiled signature since the arena's first run at this thread count:
+                # record and pack them (here, not after that run: its output comes no later for it)
+                segs = arena.native[size] = native.segments(arena.calls)
         if segs is not None:  # stretches of steps as native calls (bninfer.native), on the arena's buffers
             try:
                 for name, buf, _, _ in arena.inputs:
@@ -199,9 +210,8 @@ class Plan:
             for _, buf, readers, _ in arena.inputs:  # hold no reference to the caller's arrays between runs
                 for ins, pos in readers:
                     ins[pos] = buf
-            if ran and self.native and profiler is None and size not in arena.native:
-                # every kernel of the run has its compiled signature now: record and pack them
-                arena.native[size] = native.segments(arena.calls)
+            if ran:
+                arena.ran.add(size)
             self._arenas.append(arena)
 
 
@@ -215,3 +225,4 @@ class _Arena:
     inputs: list
     outputs: list
     native: dict = field(default_factory=dict)  # thread count -> bninfer.native segments
+    ran: set = field(default_factory=set)  # thread counts of its runs from Python
