@@ -23,8 +23,8 @@ class Table:
     def __init__(self, calls: list[tuple], keep: list):
         self.packed = Packed()
         self.packed.keep.extend(keep)
-        self.addr = self.packed.table(calls)
-        self.status = self.packed.tables[-1] if self.addr is not None else None
+        self.addr = self.packed.table(calls)  # (never None: native._record checked every call fits)
+        self.status = self.packed.tables[-1]
 
     def __call__(self) -> None:
         run_table(self.addr)

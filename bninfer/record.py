@@ -26,7 +26,8 @@ _local = threading.local()
 
 
 class Unrecordable(Exception):
-    """The run cannot be recorded as it stands (a layer that would split over threads)."""
+    """The run cannot be recorded as it stands (a layer threads.split would split over threads, a
+    broadcast residual copied each run)."""
 
 
 class Split:
@@ -79,13 +80,14 @@ def calls(lst: list[tuple]) -> None:
         rec.calls.extend(lst)
 
 
-def scratch(size: int, per_thread: threading.local):
-    """A zeroed float32 scratch of `size`: the calling thread's own (kept in `per_thread` across runs),
-    or, while recording, a fresh one the recording keeps."""
+def scratch(size: int, per_thread: threading.local | None = None):
+    """A zeroed float32 scratch of `size`: the calling thread's own (kept in `per_thread` across runs;
+    without it, a new one), or, while recording, a fresh one the recording keeps."""
     rec = _local.__dict__.get("rec")
-    if rec is not None:
+    if rec is not None or per_thread is None:
         buf = aligned_zeros(size)
-        rec.keep.append(buf)
+        if rec is not None:
+            rec.keep.append(buf)
         return buf
     buf = getattr(per_thread, "buf", None)
     if buf is None:

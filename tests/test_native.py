@@ -215,3 +215,25 @@ def test_a_run_that_is_not_marked_or_does_not_fit_a_signature_stays_python():
     segs = native.segments([(plain, [], [], None), (unfit, [], [], None)])
     assert [type(s) for s in segs] == [tuple, tuple]
     assert not calls  # recording a plain run runs nothing
+
+
+def test_arenas_recorded_by_one_thread_keep_their_own_partial_sums():
+    """A one-row product split over two threads sums into shares kept per calling thread: two arenas
+    recorded by one thread, then run at once by two, must not share them."""
+    b = Builder(9)
+    w = b.const("W", (b.rng.standard_normal((4096, 512)) / 64).astype(np.float32))
+    model = b.model({"x": [1, 4096]}, [b.node("Gemm", [b.node("Relu", ["x"]), w])])
+    sess = _session(model, 2)
+    plan = next(iter(sess._plans.values()))
+    first, second = plan._bind(), plan._bind()
+    feeds = {"x": randn(1, 4096, seed=2)}
+    for _ in range(2):
+        for arena in (first, second):  # each arena's first run from Python, its second recorded
+            plan._arenas.append(arena)
+            sess.run(None, feeds)
+            assert plan._arenas.pop() is arena
+
+    def shares(arena) -> set[int]:
+        return {args[2].ctypes.data for s in arena.native[2] if type(s) is native.Split
+                for part in s.packed.parts for kern, args in part if kern.__name__ == "vector_matrix_rows"}
+    assert shares(first) and shares(second) and not shares(first) & shares(second)

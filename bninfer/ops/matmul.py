@@ -275,18 +275,21 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
         if size == 1:
             record.call(K.vector_matrix, x, w, y, k, n, 0, n, *args)
             return
-        # (several threads always split a layer this large: bninfer.record leaves it to Python)
         # split over the weights' rows: each thread streams a contiguous block of them (split over
         # columns, both read every row's cache lines: ResNet-50's 2048x1000 from memory took 365 us on two
         # threads, 273 by rows, 462 on one). The rows always go into one share per thread, whether the
         # shares then run on the workers or all here: the same sums in the same order either way, so a
         # session's results do not depend on whether its workers were awake.
-        shares = local.__dict__.setdefault("shares", {})
-        part = shares.get(size)
-        if part is None:
-            part = shares[size] = np.empty(size * n, np.float32)
-            bounds_of[size] = [min(k, (k * s // size + 3) // 4 * 4) for s in range(size)] + [k]
-        bounds = bounds_of[size]
+        bounds = bounds_of.get(size)
+        if bounds is None:
+            bounds = bounds_of[size] = [min(k, (k * s // size + 3) // 4 * 4) for s in range(size)] + [k]
+        if record.active() is not None:  # a recorded plan's own shares: another arena recorded by this
+            part = record.scratch(size * n)  # thread may run at the same time on another thread
+        else:
+            shares = local.__dict__.setdefault("shares", {})
+            part = shares.get(size)
+            if part is None:
+                part = shares[size] = np.empty(size * n, np.float32)
 
         def rows(s0, s1):
             return [(K.vector_matrix_rows, (x, w, part[s * n:(s + 1) * n], n, bounds[s], bounds[s + 1]))
