@@ -1,5 +1,6 @@
 """bninfer: a batch-1 CPU inference engine for ONNX models, a drop-in for onnxruntime's session API."""
 from . import kernel_cache  # noqa: F401  (first: kernels must be cached under bninfer's own stamp)
+from . import vector_width  # noqa: F401  (before any kernel compiles: the 512-bit preference)
 from .errors import (BninferError, InputError, InputTypeError, ModelError, TrainingModeError,
                      UnsupportedOperatorError)
 from .session import (ExecutionMode, GraphOptimizationLevel, InferenceSession, NodeArg, RunOptions,

@@ -3,7 +3,8 @@
 Numba stamps a cached function with the hash of its own source file only, but bninfer's kernels inline
 the activation table and helpers from other files: after an upgrade that changed only those, Numba would
 load stale machine code and answer silently wrong. bninfer's functions therefore get a locator whose
-stamp is the hash of every source file the kernels are built from, and whose directory is bninfer's own
+stamp is the hash of every source file the kernels are built from (and of vector_width.py, which
+decides how wide they vectorize), and whose directory is bninfer's own
 (BNINFER_CACHE_DIR, else the user cache dir), so a read-only install still caches.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numba
 from numba.core import caching
 
 PACKAGE = Path(__file__).resolve().parent
-SOURCES = ["activations.py", "kernels"]
+SOURCES = ["activations.py", "kernels", "vector_width.py"]
 
 
 @functools.lru_cache(maxsize=1)
