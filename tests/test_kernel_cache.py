@@ -49,8 +49,10 @@ def test_second_process_loads_from_cache(tmp_path):
 def test_stamp_changes_when_an_inlined_source_changes(tmp_path, monkeypatch):
     import shutil
     copy = tmp_path / "bninfer"
-    shutil.copytree(kernel_cache.PACKAGE / "kernels", copy / "kernels")
-    shutil.copy(kernel_cache.PACKAGE / "activations.py", copy / "activations.py")
+    copy.mkdir()
+    for entry in kernel_cache.SOURCES:
+        src = kernel_cache.PACKAGE / entry
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / entry)
     monkeypatch.setattr(kernel_cache, "PACKAGE", copy)
     kernel_cache.sources_hash.cache_clear()
     try:
