@@ -514,3 +514,42 @@ def test_a_mul_that_is_not_per_channel_or_shared_keeps_its_value_nchw():
     model = b.model({"x": [1, 3, 8, 8]}, [b.conv(g, 32, 16, k=1), g])  # the Mul's output is a graph output
     sess, _ = _check(model, feeds)
     assert not _marks(sess, "Mul") and not _marks(sess, "GlobalAveragePool")
+
+
+def _resnet_tail(cin, cout, size, batch, act="Relu", seed=0):
+    """1x1 conv + act + BN (an affine after the activation), then 1x1 conv + residual Add: what ResNet's
+    last stages hold, outside any depthwise-separable chain."""
+    b = Builder(seed)
+    a = b.bn(b.node(act, [b.conv("x", cin, cout, k=1)]), cout)
+    y = b.node("Add", [b.conv(a, cout, cout, k=1), a])
+    rng = np.random.default_rng(seed)
+    return b.model({"x": [batch, cin, size, size]}, [y]), {"x": rng.standard_normal((batch, cin, size, size)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("cin,cout,size,batch,act", [(40, 72, 7, 1, "Relu"), (64, 256, 14, 2, "Relu"),
+                                                     (17, 24, 4, 1, "LeakyRelu"), (32, 48, 9, 1, "HardSwish")])
+def test_1x1_convs_over_small_images_take_the_blocked_kernel_nchw_in_and_out(cin, cout, size, batch, act, monkeypatch):
+    from bninfer.ops import conv_blocked
+    built = []
+    real = conv_blocked.build
+    monkeypatch.setattr(conv_blocked, "build",
+                        lambda node, ins, outs, marks=None: built.append(marks) or real(node, ins, outs, marks))
+    model, feeds = _resnet_tail(cin, cout, size, batch, act)
+    sess, ours = _check(model, feeds)
+    # HardSwish runs as a span, which takes no affine after it: that conv stays NCHW
+    assert built == [conv_blocked.NCHW] * (1 if act == "HardSwish" else 2)
+    assert not _marks(sess)  # no value of the graph is stored blocked
+    out, parts, native = _split_run(model, feeds, 2, monkeypatch)
+    np.testing.assert_allclose(out, ours[0], rtol=1e-5, atol=1e-5 * float(np.abs(ours[0]).max()))
+    if size * size >= 2 * conv_blocked.PIXEL_GRAIN:  # enough pixels to share: split, then from packed tables
+        assert parts and native
+
+
+def test_1x1_convs_over_larger_images_stay_on_the_nchw_kernels(monkeypatch):
+    from bninfer.ops import conv_blocked
+    built = []
+    real = conv_blocked.build
+    monkeypatch.setattr(conv_blocked, "build",
+                        lambda node, ins, outs, marks=None: built.append(marks) or real(node, ins, outs, marks))
+    _check(*_resnet_tail(32, 64, 15, 1))  # 225 pixels
+    assert built == []

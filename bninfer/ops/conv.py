@@ -20,7 +20,8 @@ Conv paths (batch 1 float32 single thread; ratios to onnxruntime in benchmarks/c
     rows of 24+ outputs, 16-channel blocks below;
   * any other depthwise: a direct loop kernel, prologue and epilogue fused;
   * 1x1 and depthwise convs in the depthwise-separable chains bninfer.passes.layout marks: channel-blocked
-    values in and out (bninfer.ops.conv_blocked);
+    values in and out (bninfer.ops.conv_blocked); other 1x1 convs (stride 1, unpadded, no prologue) over
+    at most 14x14 pixels take the same blocked 1x1 kernel with NCHW in and out;
   * 1x1, stride 1, unpadded, no prologue: the input is already the column matrix;
   * otherwise im2col (prologue applied to the gathered elements) and one batched BLAS matmul over
     (batch, group), then the epilogue in one Numba pass over the output.
@@ -484,6 +485,12 @@ _PW_TILE = (12, 32)
 # 64/256/512 channels and 196 or 784 pixels less (ResNet-50's layers, MobileNet's at 14x14 and 28x28: 5-25 %
 # faster), 12 x 32 suits 24 or 144 channels (MobileNet's 56x56 layers: 16x16 there was 25 % slower).
 _PW_TILES = ((12, 32), (16, 16))
+# 1x1 convs over at most this many pixels (ResNet-50's 14x14 and 7x7 stages) take the blocked 1x1 kernel
+# with NCHW in and out (bninfer.ops.conv_blocked, its output converted from a scratch): its tile of 32
+# output channels x 7-8 pixels broadcasts inputs against two weight vectors and beat the NCHW kernels
+# there on an Intel host (ResNet-50 at 1 thread 4 % faster in two in-process A/B runs, at 2 threads
+# unchanged); over 28x28 and 56x56 images the conversion of the output took the gain back.
+_BLOCKED_1X1_MAX_PIXELS = 196
 # The pointwise kernel's pixel chunks: this much input, kept in L2 while every output block reads it.
 # Inside ResNet-50, 256->64 at 56x56 (a 3 MB input) went 1.16-1.21 -> 0.96-1.09 ms in two runs; alone,
 # with the input warm in L3, no layer changed.
@@ -719,9 +726,11 @@ def _one_pixel_conv(g: Geometry, ep: _Epilogue, bias, has_bias: bool, wdata):
 
 @register("Conv", infer=_conv_infer)
 def _conv(node, ins, outs):
+    from . import conv_blocked
     if node.attrs.get("_blocked"):  # a chain member of bninfer.passes.layout
-        from . import conv_blocked
         return conv_blocked.build(node, ins, outs)
+    if conv_blocked.blocked_kind(node, ins) == "pw" and np.prod(ins[0].shape[2:]) <= _BLOCKED_1X1_MAX_PIXELS:
+        return conv_blocked.build(node, ins, outs, conv_blocked.NCHW)
     g = conv_geometry(node, ins)
     base = fusion.base_inputs(node)
     out_shape = (g.batch, g.out_channels) + g.out_spatial

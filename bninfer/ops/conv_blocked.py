@@ -86,8 +86,14 @@ def _logical(v: Value, channels: int, pads) -> Value:
     return Value(v.name, (n, channels, h - ph - eh, w - pw - ew), v.dtype, v.data)
 
 
-def build(node, ins, outs):
-    marks = node.attrs["_blocked"]
+# a Conv outside any chain, built with the blocked kernels: NCHW in and out, through scratches
+NCHW = Marks(False, False, False, None, None)
+
+
+def build(node, ins, outs, marks: Marks | None = None):
+    """The run of a Conv with the blocked kernels; its values stored as `marks` says (default: the
+    node's own, from bninfer.passes.layout)."""
+    marks = marks or node.attrs["_blocked"]
     wshape = ins[1].data.shape
     group = int(node.attrs.get("group", 1))
     ins = list(ins)
