@@ -4,8 +4,10 @@
 Prints per kernel (its compile-time constants) the number of vfmadd*ps on zmm and ymm registers, of
 scalar vfmadd*ss, and of vgather/vscatter instructions: a healthy register-tiled kernel shows its tile's
 accumulator count of zmm FMAs in the inner loop (a multiple when LLVM unrolled the kernel-width loop) and
-no gathers or scatters; scalar FMAs come from the epilogue (post affine) and remainder paths. Kernels are
-compiled uncached here: Numba cannot show the assembly of cached code.
+no gathers or scatters; scalar FMAs come from the epilogue (post affine) and remainder paths. On an
+AVX-512 host, ymm FMAs in place of zmm ones mean the 512-bit preference (bninfer/vector_width.py) did
+not reach the kernel: each such kernel is flagged. Kernels are compiled uncached here: Numba cannot show
+the assembly of cached code.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def extra_cases() -> dict:
 
 
 def main():
+    import llvmlite.binding as llvm
+    avx512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
     cases = dict(CASES)
     ex = extra_cases()
     DW = None
@@ -80,7 +84,8 @@ def main():
             sig = DW.DW_SIG
         asm = k.inspect_asm(sig)
         c = counts(asm)
-        print(f"{name:36s} " + " ".join(f"{key}={v}" for key, v in c.items()))
+        flag = "  <- ymm only: half the vector width" if c["ymm_fma"] and not c["zmm_fma"] and avx512 else ""
+        print(f"{name:36s} " + " ".join(f"{key}={v}" for key, v in c.items()) + flag)
 
 
 if __name__ == "__main__":
