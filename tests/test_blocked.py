@@ -9,6 +9,7 @@ import bninfer
 from bninfer import activations as A
 from bninfer.kernels import blocked as BK
 from bninfer.kernels import conv_direct as CD
+from bninfer.ops import conv_blocked
 from bninfer.ops.conv_blocked import STEM_MAX_CHANNELS, STEM_MIN_WIDTH
 from tests.graphs import Builder
 from tests.test_threads import _split_run
@@ -526,14 +527,19 @@ def _resnet_tail(cin, cout, size, batch, act="Relu", seed=0):
     return b.model({"x": [batch, cin, size, size]}, [y]), {"x": rng.standard_normal((batch, cin, size, size)).astype(np.float32)}
 
 
-@pytest.mark.parametrize("cin,cout,size,batch,act", [(40, 72, 7, 1, "Relu"), (64, 256, 14, 2, "Relu"),
-                                                     (17, 24, 4, 1, "LeakyRelu"), (32, 48, 9, 1, "HardSwish")])
-def test_1x1_convs_over_small_images_take_the_blocked_kernel_nchw_in_and_out(cin, cout, size, batch, act, monkeypatch):
-    from bninfer.ops import conv_blocked
+def _builds_with_marks(monkeypatch) -> list:
+    """The marks every conv_blocked.build call is given from now on (None: the node's own)."""
     built = []
     real = conv_blocked.build
     monkeypatch.setattr(conv_blocked, "build",
                         lambda node, ins, outs, marks=None: built.append(marks) or real(node, ins, outs, marks))
+    return built
+
+
+@pytest.mark.parametrize("cin,cout,size,batch,act", [(40, 72, 7, 1, "Relu"), (64, 256, 14, 2, "Relu"),
+                                                     (17, 24, 4, 1, "LeakyRelu"), (32, 48, 9, 1, "HardSwish")])
+def test_1x1_convs_over_small_images_take_the_blocked_kernel_nchw_in_and_out(cin, cout, size, batch, act, monkeypatch):
+    built = _builds_with_marks(monkeypatch)
     model, feeds = _resnet_tail(cin, cout, size, batch, act)
     sess, ours = _check(model, feeds)
     # HardSwish runs as a span, which takes no affine after it: that conv stays NCHW
@@ -546,10 +552,6 @@ def test_1x1_convs_over_small_images_take_the_blocked_kernel_nchw_in_and_out(cin
 
 
 def test_1x1_convs_over_larger_images_stay_on_the_nchw_kernels(monkeypatch):
-    from bninfer.ops import conv_blocked
-    built = []
-    real = conv_blocked.build
-    monkeypatch.setattr(conv_blocked, "build",
-                        lambda node, ins, outs, marks=None: built.append(marks) or real(node, ins, outs, marks))
+    built = _builds_with_marks(monkeypatch)
     _check(*_resnet_tail(32, 64, 15, 1))  # 225 pixels
     assert built == []
