@@ -6,7 +6,7 @@ import pytest
 from numba import types
 from onnx import helper
 
-from bninfer import activations
+from bninfer import activations, tiles
 from bninfer.kernels import conv_direct as CD
 from bninfer.ops import conv as conv_ops
 from bninfer.kernels import depthwise as DWK
@@ -165,7 +165,8 @@ def test_pointwise(x_shape, w_shape, attrs):
     assert_matches_ort(model, feeds)
 
 
-@pytest.mark.parametrize("P,tile", [(P, t) for t in conv_ops._PW_TILES for P in (16, 17, 32, 33, 63, 100)
+@pytest.mark.parametrize("P,tile", [(P, t) for t in tiles.WIDE.pointwise + tiles.NARROW.pointwise
+                                    for P in (16, 17, 24, 25, 32, 33, 63, 100)
                                     if P >= t[1]], ids=str)
 @pytest.mark.parametrize("tpc", [0, 1, 2])  # pixels in one chunk, or in chunks of one or two tiles
 def test_pointwise_kernel_last_tile_overlaps(P, tile, tpc):
@@ -251,7 +252,7 @@ def test_pointwise_with_prologue_routed(x_shape, w_shape, attrs, pre, monkeypatc
                       extras={"pre_scale": scale, "pre_shift": shift})
     np.testing.assert_allclose(ours, expect, rtol=1e-4, atol=1e-5)
     assert [a[2:4] for a in made] == ([(activations.RELU, activations.RELU)] if pre[0] == "Relu" else [])
-    assert all(a[:2] in conv_ops._PW_TILES for a in made)
+    assert all(a[:2] in tiles.HOST.pointwise for a in made)
 
 
 @pytest.mark.parametrize("activation", ACTS[:3], ids=str)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import activations, record, threads
+from .. import activations, record, threads, tiles
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import conv as K
 from ..kernels import conv_direct as CD
@@ -354,12 +354,12 @@ def _two_d(t, fill):
 
 
 def _pick_tile(cout: int, ow: int) -> tuple[int, int]:
-    """(COB, RW): 32 output channels x 8 pixels (16 zmm accumulators) unless the layer is narrow; the
-    pixel count is chosen to waste the least of the last tile of each row."""
-    cob = 16 if cout <= 16 else 32
-    choices = (8, 7, 6) if cob == 32 else (14, 12, 8, 7)
-    rw = min(choices, key=lambda r: (-(-ow // r) * r, -r))
-    return cob, rw
+    """(COB, RW): the host's tile (bninfer.tiles: 32 output channels x 8 pixels on AVX-512, 16 x 4 on
+    AVX2), 16 channels when the layer has no more; the pixel count is chosen to waste the least of the
+    last tile of each row."""
+    t = tiles.HOST
+    cob = 16 if cout <= 16 else t.direct_cob
+    return cob, tiles.least_waste(t.direct_rw if cob == t.direct_cob else t.direct_rw_16, ow)
 
 
 def _plane(g: Geometry) -> tuple[int, ...]:
@@ -377,17 +377,17 @@ def _run_arrays(i, o, bias, ep: _Epilogue):
 
 
 _ROWVEC_MAX_CIN = 4  # dense convs with at most this many input channels: row-vectorized kernel
-# its tile: output channels x pixels. 16x16 measured best on the stems (ResNet's 7x7/2 3->64 at 224: 3.1 ->
-# 2.4 ms, MobileNet's 3x3/2 3->32: 540 -> 350 us against 8x32; 112-pixel rows take 7 whole tiles instead of
-# 4 with the last overlapping); 24 or 32 channels, or 48/64 pixels, ran slower
-_ROWVEC_TILE = (16, 16)
+# its tile, output channels x pixels, is the host's (bninfer.tiles). On AVX-512 16x16 measured best on the
+# stems (ResNet's 7x7/2 3->64 at 224: 3.1 -> 2.4 ms, MobileNet's 3x3/2 3->32: 540 -> 350 us against 8x32;
+# 112-pixel rows take 7 whole tiles instead of 4 with the last overlapping); 24 or 32 channels, or 48/64
+# pixels, ran slower
 
 
 def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     """bninfer.kernels.conv_direct.rowvec_kernel for a dense 1-D/2-D conv with few input channels."""
     cin, cout = g.in_channels, g.out_channels
     H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
-    cot, pxt = _ROWVEC_TILE
+    cot, pxt = tiles.HOST.rowvec
     if OW < pxt:  # the last tile of a row moves back over its neighbour: a narrow row takes a narrow tile
         pxt = 16
     kern = CD.rowvec_kernel(KH, KW, SH, SW, DH, DW, cot, pxt, ep.code, ep.residual is not None, ep.has_post)
@@ -477,14 +477,12 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     return record.recordable(run) if N == 1 else run
 
 
-# The pointwise kernel's default tile, output channels x pixels: its pixel count decides which 1x1 layers
-# the kernel takes at all (at least 4 tiles of pixels, or whole tiles); None: direct kernel / BLAS
-_PW_TILE = (12, 32)
-# The tiles a pointwise layer chooses from, by the least work padded to whole tiles (ties: the first).
-# They ran at the same speed on whole tiles; what differs is the waste: 16 channels x 16 pixels pads
-# 64/256/512 channels and 196 or 784 pixels less (ResNet-50's layers, MobileNet's at 14x14 and 28x28: 5-25 %
-# faster), 12 x 32 suits 24 or 144 channels (MobileNet's 56x56 layers: 16x16 there was 25 % slower).
-_PW_TILES = ((12, 32), (16, 16))
+# The tiles a pointwise layer chooses from (the host's, bninfer.tiles), by the least work padded to whole
+# tiles (ties: the first); the first one's pixel count decides which 1x1 layers the kernel takes at all
+# (at least 4 tiles of pixels, or whole tiles). On AVX-512 the two ran at the same speed on whole tiles;
+# what differs is the waste: 16 channels x 16 pixels pads 64/256/512 channels and 196 or 784 pixels less
+# (ResNet-50's layers, MobileNet's at 14x14 and 28x28: 5-25 % faster), 12 x 32 suits 24 or 144 channels
+# (MobileNet's 56x56 layers: 16x16 there was 25 % slower).
 # 1x1 convs over at most this many pixels (ResNet-50's 14x14 and 7x7 stages) take the blocked 1x1 kernel
 # with NCHW in and out (bninfer.ops.conv_blocked, its output converted from a scratch): its tile of 32
 # output channels x 7-8 pixels broadcasts inputs against two weight vectors and beat the NCHW kernels
@@ -501,7 +499,12 @@ def _pick_pw_tile(cout: int, P: int) -> tuple[int, int]:
     def padded(tile):
         cot, pxt = tile
         return -(-cout // cot) * cot * max(P, -(-P // pxt) * pxt)
-    return min(_PW_TILES, key=padded)
+    return min(tiles.HOST.pointwise, key=padded)
+
+
+def _pointwise_takes(P: int) -> bool:
+    pxt = tiles.HOST.pointwise[0][1]
+    return P >= 4 * pxt or P % pxt == 0
 
 
 def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
@@ -595,7 +598,7 @@ def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, 
     H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
     Hp = H + PH + EH
     N = g.batch
-    rw = min(OW, min((8, 7, 6), key=lambda r: (-(-OW // r) * r, -r)))  # tiles may overlap, never exceed OW
+    rw = min(OW, tiles.least_waste(tiles.HOST.short_dw_rw, OW))  # tiles may overlap, never exceed OW
     kern = DWK.blocked_kernel(KH, KW, SH, SW, rw, ep.code, DH, DW)
     CD.compile_now(kern, DWK.BLOCKED_SIG)
     cpad = -(-C // 16) * 16
@@ -639,11 +642,12 @@ _WINO_TILES = 56  # tiles per chunk: at least this many (whole tile rows)
 
 
 def _wino_plan(OH: int, OW: int) -> tuple[int, int]:
-    """(RT, tile rows per chunk): the register tile (RT tiles x 32 output channels, RT in 8, 7, 6) that
-    wastes the least of the chunk's last partial tile group."""
+    """(RT, tile rows per chunk): the register tile (RT tiles x 32 output channels, RT among the host's,
+    bninfer.tiles: 8, 7, 6 on AVX-512, 2 on AVX2) that wastes the least of the chunk's last partial
+    tile group."""
     TH, TW = -(-OH // 2), -(-OW // 2)
     ch = min(TH, max(1, -(-_WINO_TILES // TW)))
-    rt = min((8, 7, 6), key=lambda r: (-(-ch * TW // r) * r, -r))
+    rt = tiles.least_waste(tiles.HOST.winograd_rt, ch * TW)
     return rt, ch
 
 
@@ -760,7 +764,7 @@ def _conv(node, ins, outs):
     # the direct kernel; a strided unpadded 1x1 conv subsamples its input first
     pw_prologue = not pro.has_pre or pro.code in activations.INLINE_CODES
     if wdata is not None and unpadded_1x1 and pw_prologue and (g.nsp <= 2 or pointwise) and G == 1 \
-            and np.prod(out_shape) > 0 and _PW_TILE and (P >= 4 * _PW_TILE[1] or P % _PW_TILE[1] == 0):
+            and np.prod(out_shape) > 0 and _pointwise_takes(P):
         return _pointwise_conv(g, ep, pro, bias, wdata)
     if wdata is not None and G == 1 and unpadded_1x1 and all(d == 1 for d in g.in_spatial) \
             and not pro.has_pre and np.prod(out_shape) > 0:
