@@ -29,7 +29,8 @@ def counts(asm: str) -> dict:
     return {"zmm_fma": len(re.findall(r"vfmadd\w*ps[^\n]*%zmm", asm)),
             "ymm_fma": len(re.findall(r"vfmadd\w*ps[^\n]*%ymm", asm)),
             "scalar_fma": len(re.findall(r"vfmadd\w*ss", asm)),
-            "gather": asm.count("vgather"), "scatter": asm.count("vscatter")}
+            "gather": asm.count("vgather"), "scatter": asm.count("vscatter"),
+            "stack_vec": len(re.findall(r"v\w+ps[^\n]*\(%rsp\)[^\n]*%[yz]mm|v\w+ps[^\n]*%[yz]mm[^\n]*\(%rsp\)", asm))}
 
 
 def extra_cases() -> dict:

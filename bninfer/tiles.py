@@ -43,11 +43,13 @@ WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_
 # Measured on an AVX2 host (AMD EPYC, Zen 1: 16 ymm registers, one 256-bit FMA a cycle), each against the
 # WIDE choice, one layer at a time against onnxruntime (benchmarks/conv_layers): at most 12 accumulators.
 # direct 16 x 4-5 (strided 3x3: 0.46 -> 0.87-0.95 x ORT; 32 x 2 alike, 8 x 12 and 24 x 4 0.5-0.75);
-# pointwise 4 x 24 / 6 x 16 (0.65-0.70 -> 1.0-1.18; 3 x 32 and 4 x 16 ran 5-10 % slower); rowvec 4 x 16
+# pointwise 6 x 16 (0.65-0.70 -> 1.0-1.14; 4 x 24 alike alone, but 6 % slower in DenseNet-121, whose
+# 1x1 convs apply their BN+ReLU prologue to the inputs once per tile of output channels; 3 x 32 and
+# 4 x 16 ran 5-10 % slower; in ResNet-50 6 x 16 and 4 x 24 tied); rowvec 4 x 16
 # (0.55 -> 1.0-1.07); Winograd 2 tiles (1.04 -> 1.5-1.75; 3: 1.5-1.6, 4: 1.33-1.43); blocked 1x1 one
 # block x 4-6 pixels (0.57 -> 0.91-1.02; two blocks x 3: 0.81-0.86; one x 7 spilled: 0.56).
 NARROW = Tiles("avx2", direct_rw=(4, 5), direct_rw_16=(4, 5), direct_cob=16,
-               pointwise=((4, 24), (6, 16)), rowvec=(4, 16), winograd_rt=(2,), blocked_rp=(6, 4),
+               pointwise=((6, 16),), rowvec=(4, 16), winograd_rt=(2,), blocked_rp=(6, 4),
                stem_rp=(6, 4), blocked_dw_rw=(6, 5, 4), short_dw_rw=(6, 5, 4))
 
 
