@@ -4,14 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from bninfer import ops as bn_ops
 from bninfer.errors import ModelError, TrainingModeError, UnsupportedOperatorError
 from bninfer.ir import Graph, Node, Value
 
 from . import load as _load
+from . import proto as pb
+from .decode import to_array
 from .ops import Context, attr_value, to_ir
 
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -40,7 +40,7 @@ def import_model(source: Any) -> Graph:
     declared = {vi.name: _declared(vi) for vi in list(g.output) + list(g.value_info)}
 
     nodes: list[Node] = []
-    problems: list[tuple[str, Exception | None, onnx.NodeProto]] = []
+    problems: list[tuple[str, Exception | None, pb.NodeProto]] = []
     used_names: set[str] = set()
     ctx = Context(lambda base, data: _fresh_const(values, base, data))
     for i, proto in enumerate(g.node):
@@ -89,17 +89,17 @@ def import_model(source: Any) -> Graph:
     return graph
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
+def _default_opset(model: pb.ModelProto) -> int:
     opset = None
     for imp in model.opset_import:
         if imp.domain in ONNX_DOMAINS:
             opset = imp.version
     if opset is None:
         opset = 1  # the checker accepts a model without the default domain only if no node uses it
-    newest = onnx.defs.onnx_opset_version()
+    newest = pb.newest_opset()
     if opset > newest:
         raise UnsupportedOperatorError(f"the model uses ONNX opset {opset}; this bninfer (onnx "
-                                       f"{onnx.__version__}) knows opsets up to {newest}")
+                                       f"{pb.onnx_version()}) knows opsets up to {newest}")
     return opset
 
 
@@ -115,14 +115,14 @@ def _unsupported(problems, opset: int) -> UnsupportedOperatorError:
                [p[0] for p in problems])
 
 
-_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-           onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
-           onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
-           onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
-           onnx.TensorProto.INT16: np.int16, onnx.TensorProto.UINT16: np.uint16}
+_DTYPES = {pb.TensorProto.FLOAT: np.float32, pb.TensorProto.DOUBLE: np.float64,
+           pb.TensorProto.FLOAT16: np.float16, pb.TensorProto.INT64: np.int64,
+           pb.TensorProto.INT32: np.int32, pb.TensorProto.INT8: np.int8,
+           pb.TensorProto.UINT8: np.uint8, pb.TensorProto.BOOL: np.bool_,
+           pb.TensorProto.INT16: np.int16, pb.TensorProto.UINT16: np.uint16}
 
 
-def _declared(vi: onnx.ValueInfoProto) -> tuple:
+def _declared(vi: pb.ValueInfoProto) -> tuple:
     t = vi.type
     if not t.HasField("tensor_type"):
         raise UnsupportedOperatorError(f"input/output {vi.name!r} is not a tensor (sequence, map or "
@@ -143,14 +143,14 @@ def _declared(vi: onnx.ValueInfoProto) -> tuple:
     return tuple(dims), dtype
 
 
-def _to_array(tensor: onnx.TensorProto) -> np.ndarray:
+def _to_array(tensor: pb.TensorProto) -> np.ndarray:
     try:
-        return numpy_helper.to_array(tensor)
+        return to_array(tensor)
     except Exception as e:  # malformed sizes, unknown dtypes
         raise ModelError(f"tensor {tensor.name!r} cannot be read: {e}") from None
 
 
-def _sparse_to_array(sp: onnx.SparseTensorProto) -> np.ndarray:
+def _sparse_to_array(sp: pb.SparseTensorProto) -> np.ndarray:
     values = _to_array(sp.values)
     indices = _to_array(sp.indices).astype(np.int64)
     dims = tuple(int(d) for d in sp.dims)
@@ -177,7 +177,7 @@ def _fresh_const(values: dict, base: str, data: np.ndarray) -> str:
     return name
 
 
-def _constant(values: dict, proto: onnx.NodeProto, name: str) -> None:
+def _constant(values: dict, proto: pb.NodeProto, name: str) -> None:
     if len(proto.attribute) != 1:
         raise ModelError(f"Constant node {name!r} must have exactly one value attribute")
     attr = proto.attribute[0]

@@ -10,16 +10,17 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import onnx
 from google.protobuf.message import DecodeError
 
 from bninfer.errors import ModelError
 
+from . import proto as pb
+
 MAX_MODEL_BYTES = 2 << 30  # protobuf's own limit for one message
 
 
-def load(source: Any) -> onnx.ModelProto:
-    if isinstance(source, onnx.ModelProto):
+def load(source: Any) -> pb.ModelProto:
+    if isinstance(source, pb.ModelProto):
         model, folder = source, None
     elif isinstance(source, (bytes, bytearray, memoryview)):
         model, folder = _parse(bytes(source), "the model bytes"), None
@@ -44,8 +45,8 @@ def load(source: Any) -> onnx.ModelProto:
     return model
 
 
-def _parse(data: bytes, what: str) -> onnx.ModelProto:
-    model = onnx.ModelProto()
+def _parse(data: bytes, what: str) -> pb.ModelProto:
+    model = pb.ModelProto()
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
@@ -55,20 +56,20 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
     return model
 
 
-def _check(model: onnx.ModelProto, path: Path | None = None) -> None:
+def _check(model: pb.ModelProto, path: Path | None = None) -> None:
     """Run ONNX's checker: on the file when there is one (it reads it in C++, where a ModelProto would be
     serialized again first: 0.3 s for ResNet-50), else on the message."""
     # The checker wants a shape on every graph input/output; onnxruntime runs models without (the shapes
     # are inferred), so check a copy where a missing shape reads as "unknown rank".
-    target: onnx.ModelProto | str = model
+    target: pb.ModelProto | str = model
     if any(vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape")
            for vi in list(model.graph.input) + list(model.graph.output)):
         target = _with_shapes(model)
     elif path is not None:
         target = str(path)
     try:
-        onnx.checker.check_model(target)
-    except onnx.checker.ValidationError as e:
+        pb.check_model(target)
+    except pb.ValidationError as e:
         if "is deprecated" in str(e):
             return  # e.g. GroupNormalization-18: deprecated, still valid ONNX that onnxruntime runs
         # The checker's message spans lines (the offending node follows the sentence): keep it whole but
@@ -77,8 +78,8 @@ def _check(model: onnx.ModelProto, path: Path | None = None) -> None:
         raise ModelError(f"the model does not pass the ONNX checker: {text}") from None
 
 
-def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
+def _with_shapes(model: pb.ModelProto) -> pb.ModelProto:
+    copy = pb.ModelProto()
     copy.CopyFrom(model)
     for vi in list(copy.graph.input) + list(copy.graph.output):
         if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
@@ -86,7 +87,7 @@ def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _tensors_with_data(model: onnx.ModelProto):
+def _tensors_with_data(model: pb.ModelProto):
     """Every TensorProto that may carry external data: initializers, sparse initializers, Constant and
     other tensor attributes, in the main graph and any subgraph."""
     def graph_tensors(graph):
@@ -109,16 +110,16 @@ def _tensors_with_data(model: onnx.ModelProto):
     yield from graph_tensors(model.graph)
 
 
-def _load_external_data(model: onnx.ModelProto, folder: Path | None) -> None:
+def _load_external_data(model: pb.ModelProto, folder: Path | None) -> None:
     for tensor in _tensors_with_data(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if tensor.data_location != pb.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         if folder is None:
             raise ModelError(f"tensor {tensor.name!r} keeps its data in an external file, which needs "
                              f"the model to be loaded from a path")
         tensor.raw_data = _read_external(folder, tensor.name, info)
-        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.data_location = pb.TensorProto.DEFAULT
         del tensor.external_data[:]
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from bninfer.errors import ModelError, TrainingModeError, UnsupportedOperatorError
 from bninfer.ir import Node
+
+from . import proto as pb
+from .decode import attribute_value, to_array
 
 
 class Context:
@@ -33,35 +34,27 @@ def upgrade(*ops: str):
     return deco
 
 
-def attr_value(attr: onnx.AttributeProto, node_name: str):
-    if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+def attr_value(attr: pb.AttributeProto, node_name: str):
+    if attr.type in (pb.AttributeProto.GRAPH, pb.AttributeProto.GRAPHS):
         raise UnsupportedOperatorError(f"node {node_name!r}: subgraph attribute {attr.name!r} (control flow) "
                                        f"is not supported", [node_name])
     if attr.ref_attr_name:
         raise ModelError(f"node {node_name!r}: attribute {attr.name!r} refers to a function attribute")
-    value = helper.get_attribute_value(attr)
+    value = attribute_value(attr)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
+    if isinstance(value, pb.TensorProto):
+        return to_array(value)
     if isinstance(value, list) and value and isinstance(value[0], bytes):
         return [v.decode("utf-8", "replace") for v in value]
     return value
 
 
 def schema_defaults(op: str, opset: int, domain: str = "") -> dict:
-    try:
-        schema = onnx.defs.get_schema(op, opset, domain)
-    except onnx.defs.SchemaError:
-        return {}
-    defaults = {}
-    for name, a in schema.attributes.items():
-        if a.default_value is not None and a.default_value.type != onnx.AttributeProto.UNDEFINED:
-            defaults[name] = attr_value(a.default_value, op)
-    return defaults
+    return {name: attr_value(a, op) for name, a in pb.attribute_defaults(op, opset, domain).items()}
 
 
-def to_ir(proto: onnx.NodeProto, opset: int, ctx: Context, name: str) -> Node:
+def to_ir(proto: pb.NodeProto, opset: int, ctx: Context, name: str) -> Node:
     attrs = schema_defaults(proto.op_type, opset)
     attrs.update({a.name: attr_value(a, name) for a in proto.attribute})
     node = Node(proto.op_type, name, list(proto.input), list(proto.output), attrs)
