@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .kernel_cache import named
 
@@ -232,52 +232,140 @@ def _tanh32(x):
     return _sel(ax >= _F(0.625), big, small)
 
 
+# -- one float32 form per code, all with activate()'s arguments (x, alpha, hi as float32) -------------
+
 @njit(inline="always", cache=True)
-def _select_forms(code, x, alpha, hi):
-    """The INLINE_CODES activations of float32 x (code one of them): a select or a multiply each."""
-    zero = _F(0.0)
-    if code == RELU:
-        return _sel(x < zero, zero, x)
-    if code == LEAKY_RELU or code == PRELU:
-        return _sel(x < zero, x * alpha, x)
-    if code == CLIP:
-        x = _sel(x < alpha, alpha, x)
-        return _sel(x > hi, hi, x)
-    return x  # NONE
+def _identity_form(code, x, alpha, hi, beta):
+    return x
 
 
 @njit(inline="always", cache=True)
-def activate(code, x, alpha, hi, beta):
-    """The activation `code` (a compile-time constant in the kernels that call this) of a float32 x, in
-    float32. The common activations are branch-free, so a loop or register tile that calls this
-    vectorizes; the rest go through apply(). `alpha` is float32 (the channel's slope or Clip's lower
-    bound), `hi` Clip's upper bound as float32, `beta` the float64 second parameter."""
-    x, alpha, hi, zero = _F(x), _F(alpha), _F(hi), _F(0.0)
-    if code == NONE or code == RELU or code == LEAKY_RELU or code == PRELU or code == CLIP:
-        return _select_forms(code, x, alpha, hi)
-    if code == SIGMOID:
-        return _sigmoid32(x)
-    if code == SWISH:
-        return _swish32(x, alpha)
-    if code == TANH:
-        return _tanh32(x)
-    if code == HARD_SIGMOID:
-        v = alpha * x + _F(beta)
-        v = _sel(v < zero, zero, v)  # NaN stays NaN
-        return _sel(v > _F(1.0), _F(1.0), v)
-    if code == HARD_SWISH:
-        v = x * _F(1.0 / 6.0) + _F(0.5)
-        v = _sel(v < zero, zero, v)
-        return x * _sel(v > _F(1.0), _F(1.0), v)
-    if code == ELU:
-        return _sel(x < zero, alpha * _expm1_32(x), x)
-    if code == SELU:
-        return _F(beta) * _sel(x <= zero, alpha * _expm1_32(x), x)
-    if code == CELU:
-        return _sel(x < zero, alpha * _expm1_32(_div32(x, alpha)), x)
-    if code == SOFTSIGN:
-        return _div32(x, _F(1.0) + abs(x))
+def _relu_form(code, x, alpha, hi, beta):
+    return _sel(x < _F(0.0), _F(0.0), x)
+
+
+@njit(inline="always", cache=True)
+def _leaky_form(code, x, alpha, hi, beta):  # LeakyRelu, and PRelu with the channel's slope
+    return _sel(x < _F(0.0), x * alpha, x)
+
+
+@njit(inline="always", cache=True)
+def _clip_form(code, x, alpha, hi, beta):
+    x = _sel(x < alpha, alpha, x)
+    return _sel(x > hi, hi, x)
+
+
+@njit(inline="always", cache=True)
+def _sigmoid_form(code, x, alpha, hi, beta):
+    return _sigmoid32(x)
+
+
+@njit(inline="always", cache=True)
+def _swish_form(code, x, alpha, hi, beta):
+    return _swish32(x, alpha)
+
+
+@njit(inline="always", cache=True)
+def _tanh_form(code, x, alpha, hi, beta):
+    return _tanh32(x)
+
+
+@njit(inline="always", cache=True)
+def _hard_sigmoid_form(code, x, alpha, hi, beta):
+    v = alpha * x + _F(beta)
+    v = _sel(v < _F(0.0), _F(0.0), v)  # NaN stays NaN
+    return _sel(v > _F(1.0), _F(1.0), v)
+
+
+@njit(inline="always", cache=True)
+def _hard_swish_form(code, x, alpha, hi, beta):
+    v = x * _F(1.0 / 6.0) + _F(0.5)
+    v = _sel(v < _F(0.0), _F(0.0), v)
+    return x * _sel(v > _F(1.0), _F(1.0), v)
+
+
+@njit(inline="always", cache=True)
+def _elu_form(code, x, alpha, hi, beta):
+    return _sel(x < _F(0.0), alpha * _expm1_32(x), x)
+
+
+@njit(inline="always", cache=True)
+def _selu_form(code, x, alpha, hi, beta):
+    return _F(beta) * _sel(x <= _F(0.0), alpha * _expm1_32(x), x)
+
+
+@njit(inline="always", cache=True)
+def _celu_form(code, x, alpha, hi, beta):
+    return _sel(x < _F(0.0), alpha * _expm1_32(_div32(x, alpha)), x)
+
+
+@njit(inline="always", cache=True)
+def _softsign_form(code, x, alpha, hi, beta):
+    return _div32(x, _F(1.0) + abs(x))
+
+
+@njit(inline="always", cache=True)
+def _libm_form(code, x, alpha, hi, beta):  # Gelu, Mish, Softplus: float64 libm through apply()
     return _F(apply(code, x, alpha, beta))
+
+
+FORMS = {NONE: _identity_form, RELU: _relu_form, LEAKY_RELU: _leaky_form, PRELU: _leaky_form,
+         CLIP: _clip_form, SIGMOID: _sigmoid_form, SWISH: _swish_form, TANH: _tanh_form,
+         HARD_SIGMOID: _hard_sigmoid_form, HARD_SWISH: _hard_swish_form, ELU: _elu_form, SELU: _selu_form,
+         CELU: _celu_form, SOFTSIGN: _softsign_form, GELU: _libm_form, GELU_TANH: _libm_form,
+         MISH: _libm_form, SOFTPLUS: _libm_form}
+
+
+@njit(inline="always", cache=True)
+def _activate_any(code, x, alpha, hi, beta):
+    """activate() for a code known only at run time: FORMS as a chain of tests."""
+    if code == RELU:
+        return _relu_form(code, x, alpha, hi, beta)
+    if code == LEAKY_RELU or code == PRELU:
+        return _leaky_form(code, x, alpha, hi, beta)
+    if code == CLIP:
+        return _clip_form(code, x, alpha, hi, beta)
+    if code == SIGMOID:
+        return _sigmoid_form(code, x, alpha, hi, beta)
+    if code == SWISH:
+        return _swish_form(code, x, alpha, hi, beta)
+    if code == TANH:
+        return _tanh_form(code, x, alpha, hi, beta)
+    if code == HARD_SIGMOID:
+        return _hard_sigmoid_form(code, x, alpha, hi, beta)
+    if code == HARD_SWISH:
+        return _hard_swish_form(code, x, alpha, hi, beta)
+    if code == ELU:
+        return _elu_form(code, x, alpha, hi, beta)
+    if code == SELU:
+        return _selu_form(code, x, alpha, hi, beta)
+    if code == CELU:
+        return _celu_form(code, x, alpha, hi, beta)
+    if code == SOFTSIGN:
+        return _softsign_form(code, x, alpha, hi, beta)
+    if code == NONE:
+        return x
+    return _libm_form(code, x, alpha, hi, beta)
+
+
+def activate(code, x, alpha, hi, beta):
+    """The activation `code` of a float32 x, in float32, for compiled code (see the overload below).
+    The common activations are branch-free, so a loop or register tile that calls this vectorizes; the
+    rest go through apply(). `alpha` is float32 (the channel's slope or Clip's lower bound), `hi` Clip's
+    upper bound as float32, `beta` the float64 second parameter."""
+    raise TypeError("activate() runs in compiled code only")
+
+
+@overload(activate, inline="always", prefer_literal=True)
+def _activate_overload(code, x, alpha, hi, beta):
+    """A constant code (the kernels' and spans' case) inlines its own form only: inlining a chain over
+    every code, as an inline function did, had Numba copy and type all 18 forms at each call site
+    before LLVM dropped 17 (a span compiled for ~17 s on Zen 1, most of it in Numba's inliner)."""
+    form = FORMS[code.literal_value] if isinstance(code, types.IntegerLiteral) else _activate_any
+
+    def impl(code, x, alpha, hi, beta):
+        return form(code, _F(x), _F(alpha), _F(hi), beta)
+    return impl
 
 
 @njit(cache=True)
@@ -285,15 +373,25 @@ def _activate_call(code, x, alpha, hi, beta):
     return activate(code, x, alpha, hi, beta)
 
 
-@njit(inline="always", cache=True)
 def activate_inline(code, x, alpha, hi, beta):
-    """activate() for the register tiles' stores, which run only INLINE_CODES in place: those written
-    out here, any other code through a call. Inlining all of activate() at every store site (Numba
-    types every branch before LLVM drops the dead ones) was most of a kernel's compile time."""
-    x, alpha, hi = _F(x), _F(alpha), _F(hi)
-    if code == NONE or code == RELU or code == LEAKY_RELU or code == PRELU or code == CLIP:
-        return _select_forms(code, x, alpha, hi)
-    return _F(_activate_call(np.int64(code), x, alpha, hi, np.float64(beta)))
+    """activate() for the register tiles' stores, which run only INLINE_CODES in place: those inlined,
+    any other code through a call (inlining a long form at every store site of a tile was most of a
+    kernel's compile time)."""
+    raise TypeError("activate_inline() runs in compiled code only")
+
+
+@overload(activate_inline, inline="always", prefer_literal=True)
+def _activate_inline_overload(code, x, alpha, hi, beta):
+    if isinstance(code, types.IntegerLiteral) and code.literal_value in INLINE_CODES:
+        form = FORMS[code.literal_value]
+
+        def impl(code, x, alpha, hi, beta):
+            return form(code, _F(x), _F(alpha), _F(hi), beta)
+        return impl
+
+    def call(code, x, alpha, hi, beta):
+        return _F(_activate_call(np.int64(code), _F(x), _F(alpha), _F(hi), np.float64(beta)))
+    return call
 
 
 # Codes whose inline form is a select or a multiply: a register tile's store loop runs them in place.
@@ -353,8 +451,8 @@ def compile_span(code: int) -> None:
     """Compile (or load from the cache) the span of `code` with the loop vectorizer on. A kernel built
     with the loop vectorizer off (bninfer.kernels.conv_direct.compile_settings) has this called first:
     it then links the vectorized version instead of compiling a scalar one of its own. (Its
-    activate_planes call has a constant code, so Numba prunes the other branches and never compiles
-    the other spans.)"""
+    activate_planes call has a constant code, so activate_span's overload calls that span only and
+    never compiles the others.)"""
     import numba
     span = SPANS.get(code)
     if span is None or span.signatures:
@@ -370,7 +468,7 @@ def compile_span(code: int) -> None:
 @njit(inline="always", cache=True)
 def activate_planes(code, out, c0, c1, P, alpha, hi, beta, has_post, ps, pt):
     """The activation of channel planes c0..c1-1 of an output (C, P) flat, for a code not in
-    INLINE_CODES (a compile-time constant in the kernels: only its own branch survives): what a
+    INLINE_CODES (a compile-time constant in the kernels: only its own span is called): what a
     register-tiled kernel runs after finishing a block of channels. Whole planes, not a tile's short
     rows: a span of a vector or two leaves the activation's long dependency chain nothing to overlap
     with. Gelu, Mish and Softplus (libm) take a scalar loop."""
@@ -385,11 +483,22 @@ def has_span(code):
             or code == ELU or code == SELU or code == CELU or code == SOFTSIGN)
 
 
-@njit(inline="always", cache=True)
 def activate_span(code, out, b, e, a, hi, beta, has_post, s, t):
     """out[b:e] = act(out[b:e]) (then * s + t with has_post) through the loop-vectorized span of `code`
-    (a compile-time constant in the kernels: only its own branch survives; compile_span(code) first).
-    Gelu, Mish and Softplus (libm) take a scalar loop."""
+    (compile_span(code) first). Gelu, Mish and Softplus (libm) take a scalar loop. For compiled code."""
+    raise TypeError("activate_span() runs in compiled code only")
+
+
+@njit(inline="always", cache=True)
+def _apply_span(code, out, b, e, a, hi, beta, has_post, s, t):
+    for i in range(b, e):
+        v = np.float32(apply(code, out[i], a, beta))
+        out[i] = v * s + t if has_post else v
+
+
+@njit(inline="always", cache=True)
+def _activate_span_any(code, out, b, e, a, hi, beta, has_post, s, t):
+    """activate_span() for a code known only at run time."""
     if code == SIGMOID:
         _span_sigmoid(out, b, e, a, hi, beta, has_post, s, t)
     elif code == SWISH:
@@ -409,9 +518,20 @@ def activate_span(code, out, b, e, a, hi, beta, has_post, s, t):
     elif code == SOFTSIGN:
         _span_softsign(out, b, e, a, hi, beta, has_post, s, t)
     else:
-        for i in range(b, e):
-            v = np.float32(apply(code, out[i], a, beta))
-            out[i] = v * s + t if has_post else v
+        _apply_span(code, out, b, e, a, hi, beta, has_post, s, t)
+
+
+@overload(activate_span, inline="always", prefer_literal=True)
+def _activate_span_overload(code, out, b, e, a, hi, beta, has_post, s, t):
+    """A constant code (the kernels' case) inlines a call of its own span only."""
+    if not isinstance(code, types.IntegerLiteral):
+        return lambda code, out, b, e, a, hi, beta, has_post, s, t: _activate_span_any(
+            code, out, b, e, a, hi, beta, has_post, s, t)
+    span = SPANS.get(code.literal_value)
+    if span is None:
+        return lambda code, out, b, e, a, hi, beta, has_post, s, t: _apply_span(
+            code, out, b, e, a, hi, beta, has_post, s, t)
+    return lambda code, out, b, e, a, hi, beta, has_post, s, t: span(out, b, e, a, hi, beta, has_post, s, t)
 
 
 @njit(inline="always", cache=True)

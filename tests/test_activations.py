@@ -146,3 +146,28 @@ def test_the_span_loop_is_vector_code():
 
 def test_has_span_names_the_codes_with_a_span():
     assert [c for c in range(32) if A.has_span(c)] == sorted(A.SPANS)
+
+
+def _constant_code_loop(code):
+    from numba import njit
+    CODE = code
+
+    @njit(cache=False)
+    def loop(buf, alpha, hi, beta):
+        for i in range(buf.size):
+            buf[i] = A.activate(CODE, buf[i], alpha, hi, beta)
+    return loop
+
+
+def test_every_code_has_a_form_and_the_run_time_chain_picks_the_same():
+    """activate() with a constant code inlines FORMS[code]; with a run-time code (activate_inline's call
+    for the codes a tile does not run in place) it goes through a chain of tests: the two must agree."""
+    assert sorted(A.FORMS) == list(range(18))
+    x = np.concatenate([np.linspace(-12, 12, 97), [0.0, -0.0, np.inf, -np.inf, np.nan]]).astype(np.float32)
+    for code, form in A.FORMS.items():
+        alpha, beta = (0.3, 0.8) if code != A.CLIP else (-1.5, 2.0)
+        want = x.copy()
+        _constant_code_loop(code)(want, np.float32(alpha), np.float32(beta), beta)
+        got = np.array([A._activate_call(code, v, np.float32(alpha), np.float32(beta), beta) for v in x],
+                       np.float32)
+        np.testing.assert_array_equal(got, want, err_msg=f"code {code} ({form.py_func.__name__})")

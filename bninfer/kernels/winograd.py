@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit, types
 
 from ..kernel_cache import named
-from ..memory import aligned_copy
+from ..memory import aligned_empty
 from ..activations import CLIP, NONE, RELU, activate
 from .conv_direct import _FASTMATH, _lock, stack_f32
 
@@ -56,7 +56,9 @@ def transform_weights(w: np.ndarray) -> np.ndarray:
     full = np.zeros((16, nob * COB, cinp), np.float64)
     full[:, :cout, :cin] = u.reshape(16, cout, cin)
     full = full.reshape(16, nob, COB, cinp).transpose(0, 1, 3, 2)
-    return aligned_copy(full.astype(np.float32, copy=False)).reshape(-1)
+    out = aligned_empty(full.size).reshape(full.shape)
+    np.copyto(out, full, casting="same_kind")  # transposed and rounded to float32 in one pass
+    return out.reshape(-1)
 
 
 @contextlib.contextmanager
