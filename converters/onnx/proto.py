@@ -109,12 +109,13 @@ ValidationError = _ext.checker.ValidationError
 SchemaError = _ext.defs.SchemaError
 
 
-def check_model(model: ModelProto | str) -> None:
-    """ONNX's checker (as onnx.checker.check_model with its defaults) on a message or a file path."""
+def check_model(model: ModelProto | bytes | str) -> None:
+    """ONNX's checker (as onnx.checker.check_model with its defaults) on a message, its serialized bytes
+    or a file path."""
     if isinstance(model, str):
         _ext.checker.check_model_path(model, False, False, False)
         return
-    data = model.SerializeToString()
+    data = model if isinstance(model, bytes) else model.SerializeToString()
     if len(data) > MAX_PROTOBUF_BYTES:
         raise ValueError("the model is above protobuf's 2 GiB limit; load it from its path")
     _ext.checker.check_model(data, False, False, False)
