@@ -489,14 +489,18 @@ def activate_span(code, out, b, e, a, hi, beta, has_post, s, t):
     raise TypeError("activate_span() runs in compiled code only")
 
 
-@njit(inline="always", cache=True)
+# The two below are calls, not inlined: an overload that inlined functions with loops and branches set
+# off Numba's pedantic SSA check (NumbaIRAssumptionWarning) at every kernel that took them; a call per
+# span costs nothing next to the span.
+
+@njit(cache=True, nogil=True)
 def _apply_span(code, out, b, e, a, hi, beta, has_post, s, t):
     for i in range(b, e):
         v = np.float32(apply(code, out[i], a, beta))
         out[i] = v * s + t if has_post else v
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True, nogil=True)
 def _activate_span_any(code, out, b, e, a, hi, beta, has_post, s, t):
     """activate_span() for a code known only at run time."""
     if code == SIGMOID:

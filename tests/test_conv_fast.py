@@ -188,7 +188,8 @@ def test_pointwise_kernel_last_tile_overlaps(P, tile, tpc):
 
 
 def _NO_PROLOGUE(cin):
-    return np.ones(cin, np.float32), np.zeros(cin, np.float32), np.zeros(cin, np.float32), 0.0
+    return (np.ones(cin, np.float32), np.zeros(cin, np.float32), np.zeros(cin, np.float32), 0.0,
+            np.zeros(0, np.float32))
 
 
 PW_PROLOGUES = [  # (activation code, alpha per channel?, beta)
@@ -199,22 +200,36 @@ PW_PROLOGUES = [  # (activation code, alpha per channel?, beta)
 ]
 
 
+@pytest.mark.parametrize("tpc", [0, 1, 3])  # one chunk of all pixels, chunks of one or three tiles
 @pytest.mark.parametrize("code,per_channel,beta", PW_PROLOGUES, ids=str)
-def test_pointwise_kernel_prologue(code, per_channel, beta):
+def test_pointwise_kernel_prologue(code, per_channel, beta, tpc):
     """The fused prologue act(x * scale + shift) of the pointwise kernel, negative scales included,
-    against a float64 reference; P = 70 also covers the overlapping last tile."""
+    against a float64 reference; P = 70 also covers the overlapping last tile. The prologue goes
+    through a scratch of pw_scratch_size floats, which it never overruns."""
     cin, cout, P = 37, 26, 70
+    _check_pointwise_prologue(cin, cout, P, code, per_channel, beta, tpc, activations.NONE)
+
+
+def test_pointwise_kernel_prologue_with_a_span_activation():
+    """A span activation (here Sigmoid) takes all pixels in one chunk: the scratch holds them all."""
+    _check_pointwise_prologue(19, 20, 45, activations.RELU, False, 0.0, 1, activations.SIGMOID)
+
+
+def _check_pointwise_prologue(cin, cout, P, code, per_channel, beta, tpc, act):
     x, w = randn(cin, P, seed=1) * 3, randn(cout, cin, seed=2)
     b = randn(cout, seed=3)
     scale, shift = randn(cin, seed=4), randn(cin, seed=5)
     scale[::3] *= -1
     alpha = randn(cin, seed=6) * 0.3 if per_channel else np.full(cin, -1.0 if code == activations.CLIP else 0.0,
                                                                   np.float32)
-    kern = CD.pointwise_kernel(12, 32, activations.NONE, code)
+    kern = CD.pointwise_kernel(12, 32, act, code)
     CD.compile_now(kern, CD.PW_SIG)
     out = np.full(cout * P, np.nan, np.float32)
+    size = CD.pw_scratch_size(cin, P, 32, tpc, act)
+    xs = np.full(size + 64, np.nan, np.float32)
     kern(x.reshape(-1), CD.pack_weights_pw(w, 12), out, cin, cout, P, b, np.zeros(0, np.float32),
-         np.zeros(cout, np.float32), 0.0, b, b, 2, scale, shift, alpha, beta)
+         np.zeros(cout, np.float32), 0.0, b, b, tpc, scale, shift, alpha, beta, xs)
+    assert np.isnan(xs[size:]).all(), "the prologue wrote past its scratch"
     v = x.astype(np.float64) * scale[:, None] + shift[:, None]
     if code == activations.RELU:
         v = np.maximum(v, 0)
@@ -222,7 +237,10 @@ def test_pointwise_kernel_prologue(code, per_channel, beta):
         v = np.where(v < 0, v * alpha[:, None], v)
     elif code == activations.CLIP:
         v = np.clip(v, -1.0, beta)
-    np.testing.assert_allclose(out.reshape(cout, P), w.astype(np.float64) @ v + b[:, None], rtol=1e-5, atol=1e-5)
+    want = w.astype(np.float64) @ v + b[:, None]
+    if act == activations.SIGMOID:
+        want = 1 / (1 + np.exp(-want))
+    np.testing.assert_allclose(out.reshape(cout, P), want, rtol=1e-5, atol=1e-5)
 
 
 def test_pointwise_kernel_refuses_a_prologue_it_cannot_inline():

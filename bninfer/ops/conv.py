@@ -523,6 +523,8 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     wblock = w.size // nob
     macs = cout * P * cin
     tpc = max(1, _PW_CHUNK_BYTES // (cin * pxt * 4))  # tiles of pixels per chunk
+    # the prologue's output, one chunk of every input channel, per thread
+    scratch = _PaddedInput(CD.pw_scratch_size(cin, P, pxt, tpc, ep.code)) if pro.has_pre else None
     subsample = any(s > 1 for s in g.strides)
     if subsample:
         SH, SW = _two_d(g.strides, 1)
@@ -549,8 +551,9 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             def part(b0, b1):  # output-channel blocks [b0, b1)
                 c0, c1 = b0 * cot, min(b1 * cot, cout)
                 yo, bo, ro, _, ao, be, _, so, to = _channels(c0, c1, P, yn, b, rn, has_res, ep)
+                xs = _EMPTY if scratch is None else scratch.get()
                 return [(kern, (xn, w[b0 * wblock:b1 * wblock], yo, cin, c1 - c0, P, bo, ro, ao, be, so, to, tpc,
-                                pro.scale, pro.shift, pro.alpha, pro.beta))]
+                                pro.scale, pro.shift, pro.alpha, pro.beta, xs))]
             # a subsampled input is a copy made afresh each run: never packed
             threads.split_calls(part, nob, macs, 1, None if subsample else tables[n], outside)
     return run if subsample else record.recordable(run)
