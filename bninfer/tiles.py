@@ -28,7 +28,7 @@ class Tiles:
     rowvec: tuple[int, int]            # few-input-channel dense kernel: (channels, pixels)
     winograd_rt: tuple[int, ...]       # Winograd: 2x2 tiles per register tile (x 32 output channels)
     # the blocked layout's kernels, one 16-channel block per tile: pixels per tile to choose from (None:
-    # the AVX-512 rules in bninfer.ops.conv_blocked, pairs of blocks where the layer has them)
+    # the AVX-512 rules below, pairs of blocks where the layer has them)
     blocked_rp: tuple[int, ...] | None  # 1x1 kernel
     stem_rp: tuple[int, ...] | None     # few-input-channel dense kernel (rows of at least 14 pixels)
     blocked_dw_rw: tuple[int, ...] | None  # depthwise kernel (rows of at least 6 pixels)
@@ -44,7 +44,8 @@ WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_
 # WIDE choice, one layer at a time against onnxruntime (benchmarks/conv_layers): at most 12 accumulators.
 # direct 16 x 4-5 (strided 3x3: 0.46 -> 0.87-0.95 x ORT; 32 x 2 alike, 8 x 12 and 24 x 4 0.5-0.75);
 # pointwise 6 x 16 (0.65-0.70 -> 1.0-1.14; 4 x 24 alike alone, but 6 % slower in DenseNet-121, whose
-# 1x1 convs apply their BN+ReLU prologue to the inputs once per tile of output channels; 3 x 32 and
+# 1x1 convs then applied their BN+ReLU prologue once per tile of output channels (now once per chunk
+# of pixels, into a scratch); 3 x 32 and
 # 4 x 16 ran 5-10 % slower; in ResNet-50 6 x 16 and 4 x 24 tied); rowvec 4 x 16
 # (0.55 -> 1.0-1.07); Winograd 2 tiles (1.04 -> 1.5-1.75; 3: 1.5-1.6, 4: 1.33-1.43); blocked 1x1 one
 # block x 4-6 pixels (0.57 -> 0.91-1.02; two blocks x 3: 0.81-0.86; one x 7 spilled: 0.56).
@@ -64,3 +65,44 @@ HOST = WIDE if host_is_wide() else NARROW
 def least_waste(choices: tuple[int, ...], n: int) -> int:
     """The tile width among `choices` that pads n to the fewest whole tiles' worth (ties: the first)."""
     return min(choices, key=lambda r: -(-n // r) * r)
+
+
+# -- the blocked layout's kernels (bninfer.kernels.blocked): tiles of whole 16-channel blocks ---------
+
+def blocked_pw_tiles(nob: int, pixels: int, table: Tiles | None = None) -> list[tuple[int, int, int, int]]:
+    """How a 1x1 conv of nob output blocks over `pixels` pixels is tiled: (NB blocks, RP pixels, first
+    block, blocks) per kernel. NARROW: one block at a time (16 x 8 pixels is 16 ymm accumulators: every
+    one spilled). WIDE: pairs of blocks take tiles of 2 blocks x RP pixels (95-110 GFLOP/s on MobileNet's
+    and EfficientNet's 1x1 layers since the store is one vector per pixel and block; 2 x 10 ran 5-40 %
+    slower); an odd last block 1 x RP. Three or four blocks fell to 7-25 (the SLP vectorizer gives up on
+    the tile). RP is 8, or 7 where 7 leaves less of the last tile recomputed: a 7x7 image's 49 pixels
+    take seven tiles of 7 against seven of 8 (MobileNetV2's 7x7 1x1 layers 12 % faster), 14x14 takes 28
+    of 7 (2 %); on larger images the two ran alike. (The odd block's 1 x 14 ran 0-12 % slower than 1 x 7
+    or 1 x 8.) A fixed set of tiles, so a fixed set of kernels to compile."""
+    rps = (table or HOST).blocked_rp
+    if rps is not None:
+        return [(1, least_waste(rps, pixels), 0, nob)]
+    rp = least_waste((8, 7), pixels)
+    pairs = [(2, rp, 0, nob - nob % 2)] if nob >= 2 else []
+    return pairs + ([(1, rp, nob - 1, 1)] if nob % 2 else [])
+
+
+def stem_tiles(nob: int, ow: int, table: Tiles | None = None) -> list[tuple[int, int, int, int]]:
+    """The stem kernels' tiling of nob output blocks over rows of ow pixels, as blocked_pw_tiles. WIDE:
+    pairs of blocks take 7-pixel tiles (MobileNetV2's 3->32 stem: 202 us against 272 with 8), an odd
+    block 14 (rows hold a tile of either)."""
+    table = table or HOST
+    if table.stem_rp is not None:
+        return [(1, least_waste(table.stem_rp, ow), 0, nob)]
+    return [(nb, 7 if nb == 2 else 14, first, count) for nb, _, first, count in blocked_pw_tiles(nob, ow, table)]
+
+
+def blocked_dw_rw(ow: int, table: Tiles | None = None) -> int:
+    """The blocked depthwise kernel's pixels per tile for rows of ow pixels (at least 6). WIDE: 8 or 7,
+    whichever does the least work on the row's overlapping last tile (ties: 8); 6 only for rows of 6
+    (6-pixel tiles ran at a third of the speed at stride 2: 50 GFLOP/s against 14 on MobileNetV2's
+    96@112)."""
+    rws = (table or HOST).blocked_dw_rw
+    if rws is not None:
+        return least_waste(rws, ow)
+    return 6 if ow < 7 else least_waste((8, 7), ow)

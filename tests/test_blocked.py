@@ -7,6 +7,7 @@ import pytest
 
 import bninfer
 from bninfer import activations as A
+from bninfer import tiles
 from bninfer.kernels import blocked as BK
 from bninfer.kernels import conv_direct as CD
 from bninfer.ops import conv_blocked
@@ -105,10 +106,13 @@ def test_a_1x1_layer_splits_over_output_blocks_only_when_they_share_out_evenly(u
 @pytest.mark.parametrize("nob", [1, 2, 3, 9])
 @pytest.mark.parametrize("pixels,rp", [(49, 7), (196, 7), (784, 8), (3136, 8), (12544, 8), (15, 8), (14, 7)])
 def test_pw_tiles_cover_every_block_with_the_tile_that_recomputes_least(nob, pixels, rp):
-    tiles = BK.pw_tiles(nob, pixels)
-    assert {t[1] for t in tiles} == {rp}
-    covered = [b for nb, _, first, count in tiles for b in range(first, first + count)]
-    assert covered == list(range(nob)) and all(count % nb == 0 for nb, _, _, count in tiles)
+    """The AVX-512 rule (pairs of blocks, 8 or 7 pixels); the AVX2 one covers every block one at a time."""
+    pw = tiles.blocked_pw_tiles(nob, pixels, tiles.WIDE)
+    assert {t[1] for t in pw} == {rp}
+    covered = [b for nb, _, first, count in pw for b in range(first, first + count)]
+    assert covered == list(range(nob)) and all(count % nb == 0 for nb, _, _, count in pw)
+    assert tiles.blocked_pw_tiles(nob, pixels, tiles.NARROW) == [
+        (1, tiles.least_waste(tiles.NARROW.blocked_rp, pixels), 0, nob)]
 
 
 def _taps(x, k, stride, pads, dil):
@@ -154,8 +158,7 @@ def test_dense_kernel_matches_numpy_over_row_ranges(cin, cout, h, w, k, stride, 
     wfull = np.zeros((nob * 16, cin * k * k), np.float32)
     wfull[:cout] = wt.reshape(cout, -1)
     rb = _to_blocked(r)
-    for nb, _, first, count in BK.pw_tiles(nob, ow):
-        rp = 7 if nb == 2 else 14  # as bninfer.ops.conv_blocked._dense takes them
+    for nb, rp, first, count in tiles.stem_tiles(nob, ow, tiles.WIDE):  # pairs of blocks where there are
         kern = CD.compile_now(BK.dense_kernel(k, k, stride, stride, dil, dil, nb, rp, act), BK.DENSE_SIG)
         wk = BK.pack_weights_pw(wfull[first * 16:(first + count) * 16], nb)
         c0, c1 = first * 16, (first + count) * 16
@@ -192,7 +195,7 @@ def test_depthwise_kernel_matches_numpy(c, h, w, k, stride, pads, dil, padded_in
     oh, ow = want.shape[1:]
     r = rng.standard_normal((c, oh, ow)).astype(np.float32)
     bias, alpha, ps, pt = _epilogue_operands(rng, c)
-    rw = BK.pick_dw_rw(ow)
+    rw = tiles.blocked_dw_rw(ow, tiles.WIDE)
     kern = CD.compile_now(BK.depthwise_kernel(k, k, stride, stride, dil, dil, rw, act, padded_in), BK.DW_SIG)
     post = act == A.LEAKY_RELU  # the span activations take no per-channel affine after them
     ph, pw, eh, ew = pads

@@ -135,20 +135,7 @@ def pack_weights_pw(w: np.ndarray, nb: int) -> np.ndarray:
     return aligned_copy(full.reshape(nob // nb, nb * CB, cin).transpose(0, 2, 1)).reshape(-1)
 
 
-def pw_tiles(nob: int, pixels: int) -> list[tuple[int, int, int, int]]:
-    """How a 1x1 conv of nob output blocks over `pixels` pixels is tiled: (NB, RP, first block, blocks)
-    per kernel. Pairs of blocks take tiles of 2 blocks x RP pixels (95-110 GFLOP/s on MobileNet's and
-    EfficientNet's 1x1 layers since the store is one vector per pixel and block; 2 x 10 ran 5-40 %
-    slower); an odd last block 1 x RP. Three or four blocks fell to 7-25 (the SLP vectorizer gives up
-    on the tile). RP is 8, or 7 where 7 leaves less of the last tile recomputed: a 7x7 image's 49 pixels
-    take seven tiles of 7 against seven of 8 (MobileNetV2's 7x7 1x1 layers 12 % faster), 14x14 takes 28
-    of 7 (2 %); on larger images the two ran alike. (The odd block's 1 x 14 ran 0-12 % slower than 1 x 7
-    or 1 x 8.) A fixed set of tiles (pixels >= PW_MIN_PIXELS), so a fixed set of kernels to compile."""
-    rp = min((8, 7), key=lambda r: -(-pixels // r) * r)
-    tiles = [(2, rp, 0, nob - nob % 2)] if nob >= 2 else []
-    return tiles + ([(1, rp, nob - 1, 1)] if nob % 2 else [])
-
-
+# a 1x1 layer takes these kernels from this many pixels on (bninfer.tiles picks their tiles)
 PW_MIN_PIXELS = 14
 
 
@@ -289,13 +276,7 @@ def pack_weights_dw(w: np.ndarray) -> np.ndarray:
     return aligned_copy(full.reshape(nb, CB, kh, kw).transpose(0, 2, 3, 1)).reshape(-1)
 
 
-def pick_dw_rw(ow: int) -> int:
-    """Pixels per tile (OW >= DW_MIN_WIDTH): 8 or 7, whichever does the least work on the row's
-    overlapping last tile; 6 only for rows of 6 (6-pixel tiles ran at a third of the speed at stride 2:
-    50 GFLOP/s against 14 on MobileNetV2's 96@112)."""
-    return 6 if ow < 7 else min((8, 7), key=lambda r: (-(-ow // r) * r, -r))
-
-
+# the depthwise kernel takes rows of at least this many pixels (bninfer.tiles picks their tiles)
 DW_MIN_WIDTH = 6
 
 

@@ -79,30 +79,6 @@ STEM_MAX_CHANNELS = 4
 STEM_MIN_WIDTH = 14
 
 
-def pw_tiles(nob: int, pixels: int) -> list[tuple[int, int, int, int]]:
-    """The 1x1 kernels' tiling of nob output blocks over `pixels` pixels, (NB, RP, first block, blocks)
-    per kernel, for this host (bninfer.tiles): on AVX-512 pairs of blocks (BK.pw_tiles), on AVX2 one
-    block at a time (16 x 8 pixels is 16 ymm accumulators: every one spilled)."""
-    rp = tiles.HOST.blocked_rp
-    return BK.pw_tiles(nob, pixels) if rp is None else [(1, tiles.least_waste(rp, pixels), 0, nob)]
-
-
-def stem_tiles(nob: int, ow: int) -> list[tuple[int, int, int, int]]:
-    """The stem kernels' tiling of nob output blocks over rows of ow pixels, as pw_tiles. On AVX-512
-    pairs of blocks take 7-pixel tiles (MobileNetV2's 3->32 stem: 202 us against 272 with 8), an odd
-    block 14 (rows hold a tile of either)."""
-    rp = tiles.HOST.stem_rp
-    if rp is None:
-        return [(nb, 7 if nb == 2 else 14, first, count) for nb, _, first, count in BK.pw_tiles(nob, ow)]
-    return [(1, tiles.least_waste(rp, ow), 0, nob)]
-
-
-def dw_rw(ow: int) -> int:
-    """The blocked depthwise kernel's pixels per tile for rows of ow >= DW_MIN_WIDTH pixels."""
-    rw = tiles.HOST.blocked_dw_rw
-    return BK.pick_dw_rw(ow) if rw is None else tiles.least_waste(rw, ow)
-
-
 def _logical(v: Value, channels: int, pads) -> Value:
     """The NCHW view of a blocked value (N, NB, H + pads, W + pads, 16) holding `channels` channels."""
     n, _, h, w, _ = v.shape
@@ -196,7 +172,7 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     w[:cout] = np.asarray(wdata, np.float32).reshape(cout, cin)
     # one kernel per run of blocks (pairs, then an odd last one): (kernel, nb, first block, packed weights)
     runs = []
-    for nb, rp, first, count in pw_tiles(nob, P):
+    for nb, rp, first, count in tiles.blocked_pw_tiles(nob, P):
         kern = CD.compile_now(BK.pointwise_kernel(nb, rp, ep.code, x_blocked), BK.PW_SIG)
         rows = w[first * BK.CB:(first + count) * BK.CB]
         runs.append((kern, nb, first, BK.pack_weights_pw(rows, nb)))
@@ -262,7 +238,7 @@ def _dense(g, ep, y_pads, wdata, vec):
     w = np.zeros((nob * BK.CB, cin * KH * KW), np.float32)
     w[:cout] = np.asarray(wdata, np.float32).reshape(cout, -1)
     runs = []
-    for nb, rp, first, count in stem_tiles(nob, OW):
+    for nb, rp, first, count in tiles.stem_tiles(nob, OW):
         kern = CD.compile_now(BK.dense_kernel(KH, KW, SH, SW, DH, DW, nb, rp, ep.code), BK.DENSE_SIG)
         runs.append((kern, first, count, BK.pack_weights_pw(w[first * BK.CB:(first + count) * BK.CB], nb)))
     CD.compile_now(BK.pad_planes, BK.PAD_SIG)
@@ -294,7 +270,7 @@ def _dense(g, ep, y_pads, wdata, vec):
 def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
     C = g.in_channels
     H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
-    rw = dw_rw(OW)
+    rw = tiles.blocked_dw_rw(OW)
     kern = BK.depthwise_kernel(KH, KW, SH, SW, DH, DW, rw, ep.code, x_padded)
     CD.compile_now(kern, BK.DW_SIG)
     w = BK.pack_weights_dw(np.asarray(wdata, np.float32).reshape(C, 1, KH, KW))
