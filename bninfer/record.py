@@ -80,11 +80,24 @@ def calls(lst: list[tuple]) -> None:
         rec.calls.extend(lst)
 
 
+@contextlib.contextmanager
+def packing():
+    """While one thread makes the calls of every part of a split layer, to pack them into part tables
+    (threads.PartTables): each scratch asked for is a fresh one, which the packed part keeps (the
+    packing thread's own would be shared by every part, run at once by several threads)."""
+    _local.packing = True
+    try:
+        yield
+    finally:
+        _local.packing = False
+
+
 def scratch(size: int, per_thread: threading.local | None = None):
     """A zeroed float32 scratch of `size`: the calling thread's own (kept in `per_thread` across runs;
-    without it, a new one), or, while recording, a fresh one the recording keeps."""
+    without it, a new one), or, while recording or packing, a fresh one (the recording keeps it; a packed
+    part keeps its arguments)."""
     rec = _local.__dict__.get("rec")
-    if rec is not None or per_thread is None:
+    if rec is not None or per_thread is None or _local.__dict__.get("packing"):
         buf = aligned_zeros(size)
         if rec is not None:
             rec.keep.append(buf)

@@ -447,7 +447,9 @@ class PartTables:
             self._last = key
             return None
         packed = Packed()
-        tables = [packed.table(part) for part in make()]
+        with record.packing():  # each part a scratch of its own, kept by its packed arguments
+            parts = make()
+        tables = [packed.table(part) for part in parts]
         if any(t is None for t in tables):
             tables = None  # a call the trampolines cannot take: these parts stay with Python
         if len(self._entries) >= self.MAX_KEYS:

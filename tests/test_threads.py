@@ -109,12 +109,43 @@ def test_kernel_split_over_threads_gives_the_serial_result(case, n_threads, monk
     np.testing.assert_allclose(out, run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)
 
 
-def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3):
+def _preact_pointwise(seed=0):
+    """BN -> ReLU -> 1x1 conv: the pointwise kernel with its prologue, which it applies into a scratch."""
+    from onnx import helper
+
+    from tests.util import make_model
+    cin, cout = 40, 56
+    consts = {"g": randn(cin, seed=seed), "be": randn(cin, seed=seed + 1), "m": randn(cin, seed=seed + 2),
+              "v": np.abs(randn(cin, seed=seed + 3)) + 0.5, "w": randn(cout, cin, 1, 1, seed=seed + 4) * 0.3}
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "be", "m", "v"], ["n"]),
+             helper.make_node("Relu", ["n"], ["a"]),
+             helper.make_node("Conv", ["a", "w"], ["y"])]
+    model = make_model(nodes, {"x": [1, cin, 30, 31]}, ["y"], consts)
+    return model, {"x": randn(1, cin, 30, 31, seed=seed + 5)}
+
+
+@pytest.mark.parametrize("native_plan", [True, False], ids=["native plan", "python plan"])
+def test_a_split_prologue_gives_every_part_a_scratch_of_its_own(native_plan, monkeypatch):
+    """The pointwise kernel's parts (blocks of output channels) each apply the prologue to the same
+    pixels, into a scratch: parts packed by one thread (a plan that never records packs its layers' parts
+    at their second run) must not share it."""
+    from tests.util import run_ort
+    model, feeds = _preact_pointwise()
+    assert [n.op for n in _session(model, 1).optimized_graph().nodes] == ["Conv"]  # BN and ReLU its prologue
+    serial = _session(model, 1).run(None, feeds)[0]
+    out, parts, native = _split_run(model, feeds, 2, monkeypatch, runs=6, native_plan=native_plan)
+    assert native and max(native) == 2  # parts run from packed tables
+    np.testing.assert_array_equal(out, serial)
+    np.testing.assert_allclose(out, run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3, native_plan=True):
     """`runs` runs on n_threads, every split recorded: (the last output, the part count of every split
     handed to Python workers (Workers.map), of every split run from packed tables (Workers.run_tables)).
     A layer's parts are packed at its second run, so three runs take both ways. force: thresholds at 1,
-    so even small ops split; else only the workers are taken as awake. Every run gives the same output,
-    bit for bit."""
+    so even small ops split; else only the workers are taken as awake. native_plan: the session's runs
+    (native from the second), else a plan's that never records. Every run gives the same output, bit for
+    bit."""
     from bninfer import threads
     parts, native = [], []
     real_map, real_tables = threads.Workers.map, threads.Workers.run_tables
@@ -126,7 +157,13 @@ def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3):
     monkeypatch.setattr(threads.Workers, "run_tables",
                         lambda self, t: (native.append(len(t)), real_tables(self, t)))
     sess = _session(model, n_threads)
-    outs = [sess.run(None, feeds)[0] for _ in range(runs)]
+    if native_plan:
+        outs = [sess.run(None, feeds)[0] for _ in range(runs)]
+    else:  # a plan that never records: its split layers run from packed part tables after their first run
+        from bninfer.plan import Plan
+        plan = Plan(sess.optimized_graph(), native=False)
+        with sess._threads:
+            outs = [plan.run(feeds)[0] for _ in range(runs)]
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
     return outs[-1], parts, native

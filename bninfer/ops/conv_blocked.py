@@ -289,7 +289,8 @@ def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
 
     def part_of(x, r, y, n):
         """(calls, count, native), as for a 1x1 layer; a copy into a thread's own scratch runs from Python
-        (a packed part would keep the packing thread's)."""
+        (written when a packed part kept the packing thread's scratch; record.packing now gives each
+        packed part its own, so these could be packed too: not measured yet)."""
         xn, yn = x[n * nb * xblock:(n + 1) * nb * xblock], y[n * nb * yblock:(n + 1) * nb * yblock]
         rn = r[n * nb * rblock:(n + 1) * nb * rblock] if has_res else r
 
