@@ -523,7 +523,8 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     wblock = w.size // nob
     macs = cout * P * cin
     tpc = max(1, _PW_CHUNK_BYTES // (cin * pxt * 4))  # tiles of pixels per chunk
-    # the prologue's output, one chunk of every input channel, per thread
+    # the prologue's output, one chunk of every input channel: the running thread's own (a recorded or
+    # packed part gets one of its own: record.scratch)
     scratch = _PaddedInput(CD.pw_scratch_size(cin, P, pxt, tpc, ep.code)) if pro.has_pre else None
     subsample = any(s > 1 for s in g.strides)
     if subsample:
