@@ -187,6 +187,31 @@ def test_pointwise_kernel_last_tile_overlaps(P, tile, tpc):
     assert (out[cout * P:] == 7.0).all()
 
 
+@pytest.mark.parametrize("P", [16, 33, 70])
+@pytest.mark.parametrize("tpc", [0, 1, 2])
+def test_pointwise_kernel_span_activation_per_chunk(P, tpc):
+    """A span activation (SiLU; then Swish with alpha 1.5) runs over each chunk of pixels after each
+    block of output channels, residual and affine included: every output activated exactly once, the
+    pixels a moved-back last tile shares with its neighbour too, and nothing past P written."""
+    cin, cout = 7, 15
+    cot, pxt = tiles.HOST.pointwise[0]
+    if P < pxt:
+        pytest.skip("P below the host's pixel tile")
+    x, w = randn(cin, P, seed=P), randn(cout, cin, seed=P + 1)
+    b, res, ps, pt = randn(cout, seed=2), randn(cout, P, seed=3), randn(cout, seed=4), randn(cout, seed=5)
+    kern = CD.pointwise_kernel(cot, pxt, activations.SWISH, -1, True, True)
+    CD.compile_now(kern, CD.PW_SIG)
+    for a in (1.0, 1.5):
+        alpha = np.full(cout, a, np.float32)
+        out = np.full(cout * P + 40, 7.0, np.float32)
+        kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, b, res.reshape(-1), alpha, 0.0,
+             ps, pt, tpc, *_NO_PROLOGUE(cin))
+        y = w.astype(np.float64) @ x + b[:, None] + res
+        ref = y / (1 + np.exp(-a * y)) * ps[:, None] + pt[:, None]
+        np.testing.assert_allclose(out[:cout * P].reshape(cout, P), ref, rtol=1e-5, atol=1e-5)
+        assert (out[cout * P:] == 7.0).all()
+
+
 def _NO_PROLOGUE(cin):
     return (np.ones(cin, np.float32), np.zeros(cin, np.float32), np.zeros(cin, np.float32), 0.0,
             np.zeros(0, np.float32))
@@ -210,9 +235,11 @@ def test_pointwise_kernel_prologue(code, per_channel, beta, tpc):
     _check_pointwise_prologue(cin, cout, P, code, per_channel, beta, tpc, activations.NONE)
 
 
-def test_pointwise_kernel_prologue_with_a_span_activation():
-    """A span activation (here Sigmoid) takes all pixels in one chunk: the scratch holds them all."""
-    _check_pointwise_prologue(19, 20, 45, activations.RELU, False, 0.0, 1, activations.SIGMOID)
+@pytest.mark.parametrize("tpc", [0, 1])
+def test_pointwise_kernel_prologue_with_a_span_activation(tpc):
+    """A span activation (here Sigmoid) after the prologue, in one chunk or in chunks of one tile (the
+    second moved back over the first)."""
+    _check_pointwise_prologue(19, 20, 45, activations.RELU, False, 0.0, tpc, activations.SIGMOID)
 
 
 def _check_pointwise_prologue(cin, cout, P, code, per_channel, beta, tpc, act):
@@ -225,7 +252,7 @@ def _check_pointwise_prologue(cin, cout, P, code, per_channel, beta, tpc, act):
     kern = CD.pointwise_kernel(12, 32, act, code)
     CD.compile_now(kern, CD.PW_SIG)
     out = np.full(cout * P, np.nan, np.float32)
-    size = CD.pw_scratch_size(cin, P, 32, tpc, act)
+    size = CD.pw_scratch_size(cin, P, 32, tpc)
     xs = np.full(size + 64, np.nan, np.float32)
     kern(x.reshape(-1), CD.pack_weights_pw(w, 12), out, cin, cout, P, b, np.zeros(0, np.float32),
          np.zeros(cout, np.float32), 0.0, b, b, tpc, scale, shift, alpha, beta, xs)

@@ -38,7 +38,8 @@ from numba.np.numpy_support import carray
 
 from ..kernel_cache import named
 from ..memory import aligned_copy
-from ..activations import INLINE_CODES, NONE, activate_inline, activate_planes, compile_span, prologue_span
+from ..activations import (INLINE_CODES, NONE, activate_inline, activate_pixels, activate_planes, compile_span,
+                           prologue_span)
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
 _lock = threading.RLock()
@@ -258,8 +259,8 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
         ntiles = (P + PXT - 1) // PXT
         # pixel chunks of tpc tiles, every output block over one chunk before the next: the chunk's
         # input stays in L2 (a sweep over all pixels per block re-read the whole input from L3 every
-        # time). A span activation runs over whole planes, so its kernels take one chunk.
-        if tpc <= 0 or not INLINE:
+        # time), and a span activation runs over the block's chunk while it is in L1/L2.
+        if tpc <= 0:
             tpc = ntiles
         src = x
         for t0 in range(0, ntiles, tpc):
@@ -311,8 +312,9 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
                             v[j] = y
                         for j in range(PXT):
                             out[o + np.uint64(j)] = v[j]
-                if not INLINE:
-                    activate_planes(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, alpha, hi, beta, post, ps, pt)
+                if not INLINE:  # the chunk's pixels; a tile moved back rewrote the ones it shares raw
+                    activate_pixels(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, min(t0 * PXT, P - PXT),
+                                    min((t1 - 1) * PXT, P - PXT) + PXT, alpha, hi, beta, post, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -324,9 +326,9 @@ PW_SIG = (types.float32[::1], types.float32[::1], types.float32[::1], types.int6
           types.float64, types.float32[::1])
 
 
-def pw_scratch_size(CIN: int, P: int, PXT: int, tpc: int, ACT: int) -> int:
+def pw_scratch_size(CIN: int, P: int, PXT: int, tpc: int) -> int:
     """The floats pointwise_kernel's xs needs with a prologue: CIN x the pixels of its largest chunk."""
-    chunk = P if tpc <= 0 or ACT not in INLINE_CODES else min(P, tpc * PXT)
+    chunk = P if tpc <= 0 else min(P, tpc * PXT)
     return CIN * chunk
 
 

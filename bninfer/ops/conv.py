@@ -493,6 +493,9 @@ _BLOCKED_1X1_MAX_PIXELS = 196
 # Inside ResNet-50, 256->64 at 56x56 (a 3 MB input) went 1.16-1.21 -> 0.96-1.09 ms in two runs; alone,
 # with the input warm in L3, no layer changed.
 _PW_CHUNK_BYTES = 64 * 1024
+# A span activation (SiLU, Sigmoid...) runs over each chunk's pixels after each block of channels: at
+# least this many, so that its calls stay long enough to overlap the form's long dependency chain.
+_PW_SPAN_MIN_PIXELS = 256
 
 
 def _pick_pw_tile(cout: int, P: int) -> tuple[int, int]:
@@ -523,9 +526,11 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     wblock = w.size // nob
     macs = cout * P * cin
     tpc = max(1, _PW_CHUNK_BYTES // (cin * pxt * 4))  # tiles of pixels per chunk
+    if ep.code not in activations.INLINE_CODES:
+        tpc = max(tpc, -(-_PW_SPAN_MIN_PIXELS // pxt))
     # the prologue's output, one chunk of every input channel: the running thread's own (a recorded or
     # packed part gets one of its own: record.scratch)
-    scratch = _PaddedInput(CD.pw_scratch_size(cin, P, pxt, tpc, ep.code)) if pro.has_pre else None
+    scratch = _PaddedInput(CD.pw_scratch_size(cin, P, pxt, tpc)) if pro.has_pre else None
     subsample = any(s > 1 for s in g.strides)
     if subsample:
         SH, SW = _two_d(g.strides, 1)
