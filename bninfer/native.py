@@ -13,6 +13,8 @@ of their own. A step stays with Python when its op is not recordable, when it sp
 """
 from __future__ import annotations
 
+import numpy as np
+
 from . import record, threads
 from .kernels.calls import Packed, packable, run_table
 
@@ -39,10 +41,11 @@ class Split:
         self.packed = Packed()
         self.packed.keep.extend(keep)
         self.tables = [self.packed.table(part) for part in split.parts]
+        self.tasks = np.array(self.tables[1:], np.int64)  # the workers' parts, for a native hand-over
         self.macs = split.macs
 
     def __call__(self) -> None:
-        threads.run_split(self.tables, self.packed, self.macs)
+        threads.run_split(self.tables, self.packed, self.macs, self.tasks)
 
 
 def _record(run, ins, outs) -> tuple[list, list] | None:
@@ -62,10 +65,16 @@ def _record(run, ins, outs) -> tuple[list, list] | None:
     return rec.calls, rec.keep
 
 
-def segments(calls: list[tuple]) -> list:
+class Segments(list):
+    """A plan's segments; `splits` says whether any is a Split (its run then wakes sleeping workers first)."""
+
+    splits = False
+
+
+def segments(calls: list[tuple]) -> Segments:
     """For a plan's bound calls [(run, ins, outs, node), ...]: what runs them, in order: a Table for each
     stretch of recorded steps, a (run, ins, outs) triple for each step left to Python."""
-    out: list = []
+    out = Segments()
     pending: list[tuple] = []
     keep: list = []
 
@@ -91,10 +100,13 @@ def segments(calls: list[tuple]) -> list:
             else:
                 pending.append(c)
     close()
+    out.splits = any(type(seg) is Split for seg in out)
     return out
 
 
-def run(segs: list) -> None:
+def run(segs: Segments) -> None:
+    if segs.splits:  # workers asleep since the last run get up while the first layers run
+        threads.wake_workers()
     for seg in segs:
         if type(seg) is tuple:
             seg[0](seg[1], seg[2])

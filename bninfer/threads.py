@@ -31,7 +31,9 @@ from typing import Callable
 import numpy as np
 
 from . import record
-from .kernels.calls import Packed, run_calls, run_table
+from .kernels.calls import Packed, run_calls, run_table, table_failed
+from .kernels.spin import (AWAKE, CALLER_ASLEEP, CALLER_SPIN_TICKS, DONE, MAX_POLLS, POSTED, ROW, SEEN, TASK,
+                           WAKING)
 
 BLAS_SERIAL_MACS = 4 * 65536  # OpenBLAS's GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
 MIN_PART_MACS = 2_000_000  # less work per part (~15 us) does not pay for the hand-over to a spinning worker
@@ -40,6 +42,10 @@ MIN_NATIVE_PART_MACS = 150_000
 # waking a sleeping worker takes ~150 us here: only a layer this large does it (a small model whose one
 # large layer came after a pause ran slower on 2 threads than on 1)
 MIN_WAKE_MACS = 30_000_000
+# once a wake-up is on its way (a native plan's run wakes them as it starts), a layer this large already
+# gains from posting a part: the worker starts it when it is up (MobileNetV2's stem, 0.7 ms on one
+# thread, ran alone at the start of every 2-thread run)
+MIN_WAKING_MACS = 8_000_000
 
 
 def default_threads() -> int:
@@ -130,14 +136,11 @@ def _place(workers: list[threading.Thread], placed: list) -> None:
         pass
 
 
-# a worker's flag words (one cache line per worker): the task number posted by the caller, the last one
-# the worker finished, whether the worker is awake (spinning or working), whether the caller sleeps,
-# whether a wake-up is on its way, the part table of a native part (0: a part for Python), the last
-# task number the worker saw
-_POSTED, _DONE, _AWAKE, _CALLER_ASLEEP, _WAKING, _TASK, _SEEN = 0, 1, 2, 3, 4, 5, 6
+# a worker's flag words, one cache line each (bninfer.kernels.spin says what each holds)
+_POSTED, _DONE, _AWAKE, _CALLER_ASLEEP, _WAKING, _TASK, _SEEN = POSTED, DONE, AWAKE, CALLER_ASLEEP, WAKING, TASK, SEEN
+_ROW = ROW
 _WORKER_SPIN_TICKS = 2_000_000  # ~1 ms: how long an idle worker spins for the next part before it sleeps
-_CALLER_SPIN_TICKS = 40_000_000  # ~15 ms: how long the caller spins for a worker's part before it sleeps
-_MAX_POLLS = 1_000_000  # bounds both where the cycle counter does not run
+_CALLER_SPIN_TICKS, _MAX_POLLS = CALLER_SPIN_TICKS, MAX_POLLS
 # how long a worker that sees a new part spins on before it takes the GIL (~4 us): long enough for the
 # caller to reach its own kernel, which lets the GIL go (see spin.serve_wait)
 _SETTLE_TICKS = 8000
@@ -167,11 +170,13 @@ class Workers:
     only makes a sleeper check again."""
 
     def __init__(self, size: int):
-        from .kernels.spin import serve_wait, wait_while
+        from .kernels.spin import hand_over, serve_wait, wait_while
         self._wait, self._serve_wait, self._run_table = wait_while, serve_wait, run_table
+        self._hand_over = hand_over
         self.size = size
         n = size - 1
-        self._rows = list(np.zeros((n, 8), np.int64))  # 64 bytes of flags per worker: no shared words
+        self._flags = np.zeros(n * _ROW, np.int64)
+        self._rows = [self._flags[k * _ROW:(k + 1) * _ROW] for k in range(n)]  # no shared cache lines
         for row in self._rows:
             row[_AWAKE] = 1
         self._slots: list = [None] * n  # per worker: (fn, part) to run, then its exception or None
@@ -209,6 +214,10 @@ class Workers:
 
     def asleep(self) -> bool:
         return not all(row[_AWAKE] for row in self._rows)
+
+    def waking(self) -> bool:
+        """Whether a wake-up is on its way to a worker (it will see a part posted now)."""
+        return any(row[_WAKING] for row in self._rows)
 
     def wake(self) -> None:
         """Wake the sleeping workers without giving them a part: they spin for the next one. The
@@ -272,6 +281,31 @@ class Workers:
         finally:
             self._lock.release()
 
+    def hand_over(self, own: int, tasks: np.ndarray) -> bool | None:
+        """Part tables `tasks` (an int64 array: one per worker, at most size - 1) to the workers and `own`
+        here, handed over in native code (spin.hand_over) when every worker spins: the split layers of a
+        native plan, whose hand-over through run_tables cost ~10 us of Python each. None when nothing was
+        handed over (a worker sleeps or another caller has the workers: the caller takes run_tables);
+        else whether a part failed (the caller's Packed.check raises its exception)."""
+        if len(tasks) > len(self._rows) or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            _place(self._threads, self._placed)
+            r = self._hand_over(self._flags, tasks, own)
+            if r == 1:
+                return None
+            if r == 2:  # posted, not seen done: a worker may have gone to sleep as the part came
+                for k in range(len(tasks)):
+                    row = self._rows[k]
+                    if not row[_AWAKE] and not row[_WAKING]:
+                        row[_WAKING] = 1
+                        self._wake[k].put(None)
+                    self._collect(k)
+                return any(table_failed(t) for t in (own, *tasks))
+            return r == 3
+        finally:
+            self._lock.release()
+
     def run_tables(self, tables: list[int]) -> None:
         """Every part table (bninfer.kernels.calls, at most `size`), the first on the calling thread:
         the workers run theirs natively, without the GIL."""
@@ -303,8 +337,16 @@ def workers(size: int) -> Workers:
         return pool
 
 
+_forks = [0]  # forks since import: a RunThreads' pool from before one belongs to the parent
+
+
+def _after_fork() -> None:
+    _pools.clear()
+    _forks[0] += 1
+
+
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's worker threads
-    os.register_at_fork(after_in_child=_pools.clear)
+    os.register_at_fork(after_in_child=_after_fork)
 
 _local = threading.local()
 
@@ -316,10 +358,15 @@ class RunThreads:
         n = int(intra_op_num_threads or 0)
         self.size = n if n > 0 else default_threads()
         self.blas_limit = ThreadLimit(1)
+        self._pool: Workers | None = None
+        self._forks = -1
 
     @property
     def pool(self) -> Workers:
-        return workers(self.size)  # looked up each time: after a fork the child makes its own
+        # kept until a fork, after which the child makes its own (workers() takes a lock: 1 us a split)
+        if self._pool is None or self._forks != _forks[0]:
+            self._pool, self._forks = workers(self.size), _forks[0]
+        return self._pool
 
     # Entered once per run: the thread's own dict of _local is read with .get, because getattr with a
     # default on a missing attribute raises and catches inside (entering and leaving took 1 us, now 0.4).
@@ -398,12 +445,28 @@ def split(call: Callable[[int, int], None], n: int, macs: float, grain: int = 1)
     call(0, n)
 
 
-def run_split(tables: list[int], packed: Packed, macs: float) -> None:
+def wake_workers() -> None:
+    """Wake the current run's sleeping workers (they spin for the next part), without waiting for them."""
+    cur = _local.__dict__.get("current")
+    if cur is not None and cur.size > 1:
+        pool = cur.pool
+        if pool.asleep():
+            pool.wake()
+
+
+def run_split(tables: list[int], packed: Packed, macs: float, tasks: np.ndarray | None = None) -> None:
     """A recorded split layer (bninfer.native): its packed parts over the current run's workers, as
     split_calls runs them, or all on the caller (waking the workers for the next layers) when they sleep
-    and the layer is too small to wait for them."""
+    and the layer is too small to wait for them. `tasks`, the workers' tables as an array, lets spinning
+    workers take them from native code (Workers.hand_over)."""
     pool = _local.__dict__["current"].pool
-    if macs >= MIN_WAKE_MACS or not pool.asleep():
+    if tasks is not None:
+        failed = pool.hand_over(tables[0], tasks)
+        if failed is not None:
+            if failed:
+                packed.check()
+            return
+    if macs >= MIN_WAKE_MACS or not pool.asleep() or (macs >= MIN_WAKING_MACS and pool.waking()):
         pool.run_tables(tables)
     else:
         pool.wake()

@@ -350,6 +350,14 @@ def test_split_layers_are_packed_though_every_run_feeds_a_new_array(monkeypatch)
     packed_runs = []
     real_tables = threads.Workers.run_tables
     monkeypatch.setattr(threads.Workers, "run_tables", lambda self, t: (packed_runs.append(1), real_tables(self, t)))
+    real_hand_over = threads.Workers.hand_over
+
+    def hand_over(self, own, tasks):  # the native plan's way, when the worker spins
+        failed = real_hand_over(self, own, tasks)
+        if failed is not None:
+            packed_runs.append(1)
+        return failed
+    monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
     counts = []
     for fresh in (False, True):
         sess = _session(model, 2)

@@ -141,7 +141,8 @@ def test_a_split_prologue_gives_every_part_a_scratch_of_its_own(native_plan, mon
 
 def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3, native_plan=True):
     """`runs` runs on n_threads, every split recorded: (the last output, the part count of every split
-    handed to Python workers (Workers.map), of every split run from packed tables (Workers.run_tables)).
+    handed to Python workers (Workers.map), of every split run from packed tables (Workers.run_tables,
+    or handed over natively: Workers.hand_over)).
     A layer's parts are packed at its second run, so three runs take both ways. force: thresholds at 1,
     so even small ops split; else only the workers are taken as awake. native_plan: the session's runs
     (native from the second), else a plan's that never records. Every run gives the same output, bit for
@@ -156,6 +157,14 @@ def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3, native_
     monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
     monkeypatch.setattr(threads.Workers, "run_tables",
                         lambda self, t: (native.append(len(t)), real_tables(self, t)))
+    real_hand_over = threads.Workers.hand_over
+
+    def hand_over(self, own, tasks):
+        failed = real_hand_over(self, own, tasks)
+        if failed is not None:
+            native.append(len(tasks) + 1)
+        return failed
+    monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
     sess = _session(model, n_threads)
     if native_plan:
         outs = [sess.run(None, feeds)[0] for _ in range(runs)]
@@ -450,6 +459,14 @@ def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(
                         lambda self, fn, p: (real_map(self, fn, p), inside.append(os.sched_getaffinity(0))))
     monkeypatch.setattr(threads.Workers, "run_tables",
                         lambda self, t: (real_tables(self, t), inside.append(os.sched_getaffinity(0))))
+    real_hand_over = threads.Workers.hand_over
+
+    def hand_over(self, own, tasks):
+        failed = real_hand_over(self, own, tasks)
+        if failed is not None:
+            inside.append(os.sched_getaffinity(0))
+        return failed
+    monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
     before = os.sched_getaffinity(0)
     for _ in range(3):  # from Python, then from packed tables
         sess.run(None, feeds)
@@ -462,8 +479,9 @@ def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(
 
 
 def test_a_small_layer_runs_here_and_wakes_sleeping_workers_for_the_next(monkeypatch):
-    """After a pause the workers sleep: a layer too small to wait for their wake-up runs on the caller
-    alone, and wakes them (without a part) for the layers after it; they sleep again when nothing comes."""
+    """After a pause the workers sleep: the run wakes them as it starts (a native plan with split layers),
+    and a layer too small to wait for their wake-up runs on the caller alone (never posted to a worker
+    still asleep: a native hand-over takes only spinning ones); they sleep again when nothing comes."""
     from bninfer import threads
     monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
     monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
@@ -535,6 +553,80 @@ def test_serve_wait_runs_a_part_table_itself_and_spins_on():
     assert serve_wait(flags, done_i, -1, asleep_i, posted_i, seen_i, task_i, 10**6, 10**12, 0) == -1
     assert flags[done_i] == 1 and flags[seen_i] == 1
     np.testing.assert_array_equal(y, [0, 2.5, 2.5, 2.5, 0, 0, 0, -1, 0, 0])
+
+
+def _hand_over_tables():
+    from bninfer.kernels.calls import Packed
+    _fill.compile((types.float32[::1], types.float64, types.int64, types.int64))
+    _divide.compile((types.float64[::1], types.float64, types.int64, types.int64))
+    y = np.zeros(10, np.float32)
+    packed = Packed()
+    own, task = packed.table([(_fill, (y, 1.5, 0, 5))]), packed.table([(_fill, (y, -2.0, 5, 10))])
+    return y, packed, own, np.array([task], np.int64)
+
+
+def test_a_native_hand_over_runs_both_parts_and_reports_a_failed_one():
+    """Workers.hand_over: the caller's part here, the worker's in its spin, from native code."""
+    from bninfer import threads
+    from bninfer.kernels.calls import Packed
+    y, packed, own, tasks = _hand_over_tables()
+    pool = threads.Workers(2)
+
+    def spinning_hand_over(own, tasks):  # a worker spins ~1 ms before it sleeps: caught spinning
+        for _ in range(20):
+            pool.wake()
+            deadline = time.perf_counter() + 2
+            while pool.asleep() and time.perf_counter() < deadline:
+                pass
+            failed = pool.hand_over(own, tasks)
+            if failed is not None:
+                return failed
+        pytest.fail("the worker was never caught spinning")
+    assert spinning_hand_over(own, tasks) is False  # both ran, neither failed
+    np.testing.assert_array_equal(y, [1.5] * 5 + [-2.0] * 5)
+    z = np.zeros(4)
+    bad = Packed()
+    failing = np.array([bad.table([(_divide, (z, 0.0, 0, 4))])], np.int64)
+    assert spinning_hand_over(bad.table([(_divide, (z, 2.0, 0, 2))]), failing) is True
+    assert z[0] == 0.5 and z[1] == 0.5  # the caller's part ran; the worker's failed, noted in its table
+    with pytest.raises(ZeroDivisionError):
+        bad.check()
+
+
+def test_a_native_hand_over_posts_nothing_to_a_sleeping_worker():
+    """A worker asleep (or being woken): hand_over posts nothing and returns None, for the Python way."""
+    from bninfer import threads
+    y, packed, own, tasks = _hand_over_tables()
+    pool = threads.Workers(2)
+    deadline = time.perf_counter() + 2
+    while not pool.asleep() and time.perf_counter() < deadline:  # a new worker spins ~1 ms, then sleeps
+        time.sleep(0.01)
+    assert pool.asleep()
+    posted = pool._rows[0][threads._POSTED]
+    assert pool.hand_over(own, tasks) is None
+    assert pool._rows[0][threads._POSTED] == posted and not y.any()
+
+
+def test_a_part_posted_as_its_worker_went_to_sleep_is_finished_from_python():
+    """spin.hand_over's answer 2: its part posted, its worker found asleep by the check after the post
+    (it went to sleep in between). The caller wakes the worker, which finds the part and runs it."""
+    from bninfer import threads
+    from bninfer.kernels.calls import run_table
+    y, packed, own, tasks = _hand_over_tables()
+    pool = threads.Workers(2)
+    deadline = time.perf_counter() + 2
+    while not pool.asleep() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert pool.asleep()
+
+    def posted_as_it_slept(flags, tasks_, own_):  # spin.hand_over's steps for that case
+        flags[threads._TASK] = tasks_[0]
+        flags[threads._POSTED] += 1
+        run_table(own_)
+        return 2
+    pool._hand_over = posted_as_it_slept
+    assert pool.hand_over(own, tasks) is False
+    np.testing.assert_array_equal(y, [1.5] * 5 + [-2.0] * 5)
 
 
 def test_packed_calls_take_every_argument_kind_and_refuse_what_fits_no_signature():

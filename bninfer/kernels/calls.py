@@ -74,6 +74,12 @@ def run_table(table):
             return
 
 
+@njit(nogil=True, cache=True, inline="always")
+def table_failed(table):
+    """Whether a call of the part table at address `table` failed (its status word is set)."""
+    return _word(table, 1) != 0
+
+
 # -- trampolines ------------------------------------------------------------------------------------
 
 _trampolines: dict[tuple, tuple[int, object]] = {}

@@ -15,7 +15,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .calls import run_table
+from .calls import run_table, table_failed
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
@@ -118,3 +118,50 @@ def serve_wait(flags, done_i, done, asleep_i, posted_i, seen_i, task_i, max_tick
             _pause()
             n += 1
     return v
+
+
+# a worker's flag words (one cache line per worker, bninfer.threads.Workers): the task number posted by
+# the caller, the last one the worker finished, whether the worker is awake (spinning or working), whether
+# the caller sleeps, whether a wake-up is on its way, the part table of a native part (0: a part for
+# Python), the last task number the worker saw
+POSTED, DONE, AWAKE, CALLER_ASLEEP, WAKING, TASK, SEEN = 0, 1, 2, 3, 4, 5, 6
+ROW = 8  # int64 words per worker: 64 bytes, no shared cache lines
+CALLER_SPIN_TICKS = 40_000_000  # ~15 ms: how long the caller spins for a worker's part before it sleeps
+MAX_POLLS = 1_000_000  # bounds every spin where the cycle counter does not run
+
+
+@njit(nogil=True, cache=True)
+def hand_over(flags, tasks, own):
+    """A split layer's packed part tables without Python: post tasks[k] to worker k (its flag words at
+    flags[k * ROW:]), run the table `own` here, then spin for the workers' parts, as Workers.run_tables
+    does from Python (~10 us a layer there, ~1 here; three arguments: Numba's dispatch takes a fraction of
+    a microsecond for each). Returns
+      0  every part ran, and none failed;
+      1  nothing was posted: a worker is asleep or being woken (the caller takes the Python way);
+      2  posted, but a part was not seen done within CALLER_SPIN_TICKS, or its worker went to sleep
+         after the first check (the caller wakes it if need be and waits from Python);
+      3  every part ran, and one failed (the caller's Packed.check raises its exception).
+    A worker that goes to sleep sets its awake word first and then looks for a post (both in Python): the
+    check after the posts (a full barrier apart) catches one that did so between the first check and the
+    post; one the second check misses sees the post itself."""
+    n = tasks.size
+    for k in range(n):
+        if _load_acquire(flags, k * ROW + AWAKE) == 0 or _load_acquire(flags, k * ROW + WAKING) != 0:
+            return 1
+    for k in range(n):
+        flags[k * ROW + TASK] = tasks[k]  # before the part's number: the worker reads it once it sees that
+        _store_seq_cst(flags, k * ROW + POSTED, flags[k * ROW + POSTED] + 1)
+    asleep = False
+    for k in range(n):
+        asleep = asleep or _load_acquire(flags, k * ROW + AWAKE) == 0
+    run_table(own)
+    if asleep:
+        return 2
+    for k in range(n):
+        seq = flags[k * ROW + POSTED]
+        if wait_while(flags, k * ROW + DONE, seq - 1, CALLER_SPIN_TICKS, MAX_POLLS) != seq:
+            return 2
+    failed = table_failed(own)
+    for k in range(n):
+        failed = failed or table_failed(tasks[k])
+    return 3 if failed else 0
