@@ -207,3 +207,23 @@ def test_closures_load_from_cache_in_a_second_process(tmp_path):
     (hits1, misses1), (hits2, misses2) = runs
     assert misses1 == 4 and hits1 == 0  # driver, matrix product, output transform, input transform
     assert misses2 == 0 and hits2 == 4
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3, 4])
+@pytest.mark.parametrize("size", [8, 14, 28, 56, 19])
+def test_threads_share_a_planes_tiles_evenly(size, nth):
+    """Chunks of tiles, as many per thread: each thread's share of the plane within one chunk's tiles of
+    every other's, the plane covered (7 tile rows of a 14x14 layer went 4 + 3 when chunks were rows)."""
+    from bninfer.ops.conv import _wino_chunks, _wino_plan
+    TH = TW = -(-size // 2)
+    tiles_ = TH * TW
+    ch = _wino_plan(size, size)[1]
+    chunks, ck = _wino_chunks(tiles_, ch * TW, nth)
+    assert chunks % nth == 0 and (chunks - 1) * ck < tiles_ <= chunks * ck
+    if nth == 1:
+        assert ck <= ch * TW
+    per = chunks // nth
+    shares = [min(tiles_, (t + 1) * per * ck) - min(tiles_, t * per * ck) for t in range(nth)]
+    assert sum(shares) == tiles_ and max(shares) - min(shares) <= ck
+    if size == 14 and nth == 2:
+        assert shares == [25, 24]

@@ -75,52 +75,52 @@ def _settings(loop_vec: bool):
 # -- input transform ---------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def wino_in(xp, V, CINB, Hp, Wp, th0, nth, TW, KTP, CINP):
-    """Tiles of tile rows th0 .. th0 + nth - 1 -> V[CINP/16][KTP][16][16] (tile k = (th - th0) * TW + tw;
+def wino_in(xp, V, CINB, Hp, Wp, k0, nk, TW, KTP, CINP):
+    """Tiles k0 .. k0 + nk - 1 (tile th * TW + tw of the plane) -> V[CINP/16][KTP][16][16] (tile k - k0;
     block, tile, transform position, channel in block: the 16 stores of a lane sit at constant offsets,
     which keeps LLVM's run-time alias checks few enough to vectorize)."""
     u16 = np.uint64(16)
     uW = np.uint64(Wp * 16)
     u32, u48 = np.uint64(32), np.uint64(48)
     for cb in range(CINB):
-        for r in range(nth):
-            for tw in range(TW):
-                k = r * TW + tw
-                b = np.uint64(((cb * Hp + 2 * (th0 + r)) * Wp + 2 * tw) * 16)
-                vo = np.uint64((cb * KTP + k) * 256)
-                for j in range(16):
-                    uj = np.uint64(j)
-                    p0 = b + uj
-                    p1 = p0 + uW
-                    p2 = p1 + uW
-                    p3 = p2 + uW
-                    d00, d01, d02, d03 = xp[p0], xp[p0 + u16], xp[p0 + u32], xp[p0 + u48]
-                    d10, d11, d12, d13 = xp[p1], xp[p1 + u16], xp[p1 + u32], xp[p1 + u48]
-                    d20, d21, d22, d23 = xp[p2], xp[p2 + u16], xp[p2 + u32], xp[p2 + u48]
-                    d30, d31, d32, d33 = xp[p3], xp[p3 + u16], xp[p3 + u32], xp[p3 + u48]
-                    # rows: B^T d
-                    a0, a1, a2, a3 = d00 - d20, d01 - d21, d02 - d22, d03 - d23
-                    b0, b1, b2, b3 = d10 + d20, d11 + d21, d12 + d22, d13 + d23
-                    c0, c1, c2, c3 = d20 - d10, d21 - d11, d22 - d12, d23 - d13
-                    e0, e1, e2, e3 = d10 - d30, d11 - d31, d12 - d32, d13 - d33
-                    # columns: (B^T d) B
-                    o = vo + uj
-                    V[o] = a0 - a2
-                    V[o + np.uint64(16)] = a1 + a2
-                    V[o + np.uint64(32)] = a2 - a1
-                    V[o + np.uint64(48)] = a1 - a3
-                    V[o + np.uint64(64)] = b0 - b2
-                    V[o + np.uint64(80)] = b1 + b2
-                    V[o + np.uint64(96)] = b2 - b1
-                    V[o + np.uint64(112)] = b1 - b3
-                    V[o + np.uint64(128)] = c0 - c2
-                    V[o + np.uint64(144)] = c1 + c2
-                    V[o + np.uint64(160)] = c2 - c1
-                    V[o + np.uint64(176)] = c1 - c3
-                    V[o + np.uint64(192)] = e0 - e2
-                    V[o + np.uint64(208)] = e1 + e2
-                    V[o + np.uint64(224)] = e2 - e1
-                    V[o + np.uint64(240)] = e1 - e3
+        for k in range(nk):
+            th = (k0 + k) // TW
+            tw = k0 + k - th * TW
+            b = np.uint64(((cb * Hp + 2 * th) * Wp + 2 * tw) * 16)
+            vo = np.uint64((cb * KTP + k) * 256)
+            for j in range(16):
+                uj = np.uint64(j)
+                p0 = b + uj
+                p1 = p0 + uW
+                p2 = p1 + uW
+                p3 = p2 + uW
+                d00, d01, d02, d03 = xp[p0], xp[p0 + u16], xp[p0 + u32], xp[p0 + u48]
+                d10, d11, d12, d13 = xp[p1], xp[p1 + u16], xp[p1 + u32], xp[p1 + u48]
+                d20, d21, d22, d23 = xp[p2], xp[p2 + u16], xp[p2 + u32], xp[p2 + u48]
+                d30, d31, d32, d33 = xp[p3], xp[p3 + u16], xp[p3 + u32], xp[p3 + u48]
+                # rows: B^T d
+                a0, a1, a2, a3 = d00 - d20, d01 - d21, d02 - d22, d03 - d23
+                b0, b1, b2, b3 = d10 + d20, d11 + d21, d12 + d22, d13 + d23
+                c0, c1, c2, c3 = d20 - d10, d21 - d11, d22 - d12, d23 - d13
+                e0, e1, e2, e3 = d10 - d30, d11 - d31, d12 - d32, d13 - d33
+                # columns: (B^T d) B
+                o = vo + uj
+                V[o] = a0 - a2
+                V[o + np.uint64(16)] = a1 + a2
+                V[o + np.uint64(32)] = a2 - a1
+                V[o + np.uint64(48)] = a1 - a3
+                V[o + np.uint64(64)] = b0 - b2
+                V[o + np.uint64(80)] = b1 + b2
+                V[o + np.uint64(96)] = b2 - b1
+                V[o + np.uint64(112)] = b1 - b3
+                V[o + np.uint64(128)] = c0 - c2
+                V[o + np.uint64(144)] = c1 + c2
+                V[o + np.uint64(160)] = c2 - c1
+                V[o + np.uint64(176)] = c1 - c3
+                V[o + np.uint64(192)] = e0 - e2
+                V[o + np.uint64(208)] = e1 + e2
+                V[o + np.uint64(224)] = e2 - e1
+                V[o + np.uint64(240)] = e1 - e3
 
 
 # -- the 16 matrix products ------------------------------------------------------------------------------
@@ -170,9 +170,9 @@ def gemm_kernel(RT, cache=True):
 # -- output transform and epilogue ----------------------------------------------------------------------
 
 def out_kernel(ACT, cache=True):
-    """wout(M, out, th0, nth, TW, KTP, COUT, COUTP, OH, OW, bp, ap, beta, res, has_res, has_post, ps, pt,
-    Y): output transform of the chunk's tiles, epilogue fused, into out (COUT, OH, OW) NCHW. bp / ap are
-    the bias and Clip lower bounds padded to COUTP; Y is a scratch of 64 floats."""
+    """wout(M, out, k0, nk, TW, KTP, COUT, COUTP, OH, OW, bp, ap, beta, res, has_res, has_post, ps, pt,
+    Y): output transform of the chunk's tiles k0 .. k0 + nk - 1, epilogue fused, into out (COUT, OH, OW)
+    NCHW. bp / ap are the bias and Clip lower bounds padded to COUTP; Y is a scratch of 64 floats."""
     key = ("out", ACT)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
@@ -180,7 +180,7 @@ def out_kernel(ACT, cache=True):
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     @named("out_kernel", key)
-    def wout(M, out, th0, nth, TW, KTP, COUT, COUTP, OH, OW, bp, ap, beta, res, has_res, has_post, ps, pt,
+    def wout(M, out, k0, nk, TW, KTP, COUT, COUTP, OH, OW, bp, ap, beta, res, has_res, has_post, ps, pt,
              Y):
         hi = np.float32(beta)
         zero = np.float32(0.0)
@@ -194,115 +194,114 @@ def out_kernel(ACT, cache=True):
                                    np.uint64(14 * smk), np.uint64(15 * smk))
         u16, u32, u48 = np.uint64(16), np.uint64(32), np.uint64(48)
         late = has_res  # the activation comes after the residual
-        for r in range(nth):
-            oh = 2 * (th0 + r)
+        for k in range(nk):
+            th = (k0 + k) // TW
+            oh = 2 * th
             two_h = oh + 1 < OH
-            for tw in range(TW):
-                ow = 2 * tw
-                two_w = ow + 1 < OW
-                k = r * TW + tw
-                for cb in range(COUTP // 16):
-                    mo = np.uint64(k * COUTP + cb * 16)
-                    co0 = cb * 16
-                    for j in range(16):
+            ow = 2 * (k0 + k - th * TW)
+            two_w = ow + 1 < OW
+            for cb in range(COUTP // 16):
+                mo = np.uint64(k * COUTP + cb * 16)
+                co0 = cb * 16
+                for j in range(16):
+                    uj = np.uint64(j)
+                    o = mo + uj
+                    m0, m1, m2, m3 = M[o], M[o + q1], M[o + q2], M[o + q3]
+                    m4, m5, m6, m7 = M[o + q4], M[o + q5], M[o + q6], M[o + q7]
+                    m8, m9, m10, m11 = M[o + q8], M[o + q9], M[o + q10], M[o + q11]
+                    m12, m13, m14, m15 = (M[o + q12], M[o + q13], M[o + q14],
+                                          M[o + q15])
+                    # A^T m: rows
+                    s0, s1, s2, s3 = m0 + m4 + m8, m1 + m5 + m9, m2 + m6 + m10, m3 + m7 + m11
+                    t0, t1, t2, t3 = m4 - m8 - m12, m5 - m9 - m13, m6 - m10 - m14, m7 - m11 - m15
+                    b = bp[np.uint64(co0) + uj]
+                    y0 = s0 + s1 + s2 + b
+                    y1 = s1 - s2 - s3 + b
+                    y2 = t0 + t1 + t2 + b
+                    y3 = t1 - t2 - t3 + b
+                    if not late:
+                        if ACT == RELU:
+                            y0 = zero if y0 < zero else y0
+                            y1 = zero if y1 < zero else y1
+                            y2 = zero if y2 < zero else y2
+                            y3 = zero if y3 < zero else y3
+                        elif ACT == CLIP:
+                            a = ap[np.uint64(co0) + uj]
+                            y0 = a if y0 < a else y0
+                            y0 = hi if y0 > hi else y0
+                            y1 = a if y1 < a else y1
+                            y1 = hi if y1 > hi else y1
+                            y2 = a if y2 < a else y2
+                            y2 = hi if y2 > hi else y2
+                            y3 = a if y3 < a else y3
+                            y3 = hi if y3 > hi else y3
+                    Y[uj] = y0
+                    Y[uj + u16] = y1
+                    Y[uj + u32] = y2
+                    Y[uj + u48] = y3
+                if two_h and two_w and not has_post and not late and (ACT == NONE or ACT == RELU
+                                                                      or ACT == CLIP):
+                    nj = min(16, COUT - co0)
+                    uo = np.uint64(co0 * P + oh * OW + ow)
+                    uP, uOW = np.uint64(P), np.uint64(OW)
+                    for j in range(nj):
                         uj = np.uint64(j)
-                        o = mo + uj
-                        m0, m1, m2, m3 = M[o], M[o + q1], M[o + q2], M[o + q3]
-                        m4, m5, m6, m7 = M[o + q4], M[o + q5], M[o + q6], M[o + q7]
-                        m8, m9, m10, m11 = M[o + q8], M[o + q9], M[o + q10], M[o + q11]
-                        m12, m13, m14, m15 = (M[o + q12], M[o + q13], M[o + q14],
-                                              M[o + q15])
-                        # A^T m: rows
-                        s0, s1, s2, s3 = m0 + m4 + m8, m1 + m5 + m9, m2 + m6 + m10, m3 + m7 + m11
-                        t0, t1, t2, t3 = m4 - m8 - m12, m5 - m9 - m13, m6 - m10 - m14, m7 - m11 - m15
-                        b = bp[np.uint64(co0) + uj]
-                        y0 = s0 + s1 + s2 + b
-                        y1 = s1 - s2 - s3 + b
-                        y2 = t0 + t1 + t2 + b
-                        y3 = t1 - t2 - t3 + b
-                        if not late:
-                            if ACT == RELU:
-                                y0 = zero if y0 < zero else y0
-                                y1 = zero if y1 < zero else y1
-                                y2 = zero if y2 < zero else y2
-                                y3 = zero if y3 < zero else y3
-                            elif ACT == CLIP:
-                                a = ap[np.uint64(co0) + uj]
-                                y0 = a if y0 < a else y0
-                                y0 = hi if y0 > hi else y0
-                                y1 = a if y1 < a else y1
-                                y1 = hi if y1 > hi else y1
-                                y2 = a if y2 < a else y2
-                                y2 = hi if y2 > hi else y2
-                                y3 = a if y3 < a else y3
-                                y3 = hi if y3 > hi else y3
-                        Y[uj] = y0
-                        Y[uj + u16] = y1
-                        Y[uj + u32] = y2
-                        Y[uj + u48] = y3
-                    if two_h and two_w and not has_post and not late and (ACT == NONE or ACT == RELU
-                                                                          or ACT == CLIP):
-                        nj = min(16, COUT - co0)
-                        uo = np.uint64(co0 * P + oh * OW + ow)
-                        uP, uOW = np.uint64(P), np.uint64(OW)
-                        for j in range(nj):
-                            uj = np.uint64(j)
-                            base = uo + uj * uP
-                            out[base] = Y[uj]
-                            out[base + np.uint64(1)] = Y[uj + u16]
-                            out[base + uOW] = Y[uj + u32]
-                            out[base + uOW + np.uint64(1)] = Y[uj + u48]
-                        continue
-                    if two_h and two_w and (ACT == NONE or ACT == RELU or ACT == CLIP):
-                        # full tile, residual and/or post affine: straight-line per channel
-                        nj = min(16, COUT - co0)
-                        uOW = np.uint64(OW)
-                        for j in range(nj):
-                            co = co0 + j
-                            uj = np.uint64(j)
-                            base = np.uint64(co * P + oh * OW + ow)
-                            a, sc, sh = ap[co], ps[co], pt[co]
-                            for q in range(4):
-                                ob = base + np.uint64(q // 2) * uOW + np.uint64(q % 2)
-                                v = Y[uj + np.uint64(q * 16)]
-                                if has_res:
-                                    v += res[ob]
-                                if late:
-                                    if ACT == RELU:
-                                        v = zero if v < zero else v
-                                    elif ACT == CLIP:
-                                        v = a if v < a else v
-                                        v = hi if v > hi else v
-                                if has_post:
-                                    v = v * sc + sh
-                                out[ob] = v
-                        continue
-                    for j in range(16):
+                        base = uo + uj * uP
+                        out[base] = Y[uj]
+                        out[base + np.uint64(1)] = Y[uj + u16]
+                        out[base + uOW] = Y[uj + u32]
+                        out[base + uOW + np.uint64(1)] = Y[uj + u48]
+                    continue
+                if two_h and two_w and (ACT == NONE or ACT == RELU or ACT == CLIP):
+                    # full tile, residual and/or post affine: straight-line per channel
+                    nj = min(16, COUT - co0)
+                    uOW = np.uint64(OW)
+                    for j in range(nj):
                         co = co0 + j
-                        if co >= COUT:
-                            break
-                        base = co * P + oh * OW + ow
+                        uj = np.uint64(j)
+                        base = np.uint64(co * P + oh * OW + ow)
+                        a, sc, sh = ap[co], ps[co], pt[co]
                         for q in range(4):
-                            dh = q // 2
-                            dw = q % 2
-                            if (dh == 1 and not two_h) or (dw == 1 and not two_w):
-                                continue
-                            v = Y[q * 16 + j]
-                            ob = base + dh * OW + dw
-                            if late or (ACT != NONE and ACT != RELU and ACT != CLIP):
-                                if has_res:
-                                    v += res[ob]
+                            ob = base + np.uint64(q // 2) * uOW + np.uint64(q % 2)
+                            v = Y[uj + np.uint64(q * 16)]
+                            if has_res:
+                                v += res[ob]
+                            if late:
                                 if ACT == RELU:
                                     v = zero if v < zero else v
                                 elif ACT == CLIP:
-                                    a = ap[co]
                                     v = a if v < a else v
                                     v = hi if v > hi else v
-                                elif ACT != NONE:
-                                    v = activate(ACT, v, ap[co], hi, beta)
                             if has_post:
-                                v = v * ps[co] + pt[co]
+                                v = v * sc + sh
                             out[ob] = v
+                    continue
+                for j in range(16):
+                    co = co0 + j
+                    if co >= COUT:
+                        break
+                    base = co * P + oh * OW + ow
+                    for q in range(4):
+                        dh = q // 2
+                        dw = q % 2
+                        if (dh == 1 and not two_h) or (dw == 1 and not two_w):
+                            continue
+                        v = Y[q * 16 + j]
+                        ob = base + dh * OW + dw
+                        if late or (ACT != NONE and ACT != RELU and ACT != CLIP):
+                            if has_res:
+                                v += res[ob]
+                            if ACT == RELU:
+                                v = zero if v < zero else v
+                            elif ACT == CLIP:
+                                a = ap[co]
+                                v = a if v < a else v
+                                v = hi if v > hi else v
+                            elif ACT != NONE:
+                                v = activate(ACT, v, ap[co], hi, beta)
+                        if has_post:
+                            v = v * ps[co] + pt[co]
+                        out[ob] = v
     if cache:
         _KERNELS[key] = wout
     return wout
@@ -312,9 +311,10 @@ def out_kernel(ACT, cache=True):
 
 def winograd_kernel(RT, ACT, cache=True):
     """kern(xp, U, out, CINB, Hp, Wp, COUT, NOB, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt,
-    CH, T0, T1): out (COUT, OH, OW) flat = ps[c] * act(conv + bias[c] + res, alpha[c], beta) + pt[c] on the
-    tile rows [T0, T1) (of 2 output rows each; T0 a multiple of CH), CH tile rows per chunk. xp as made
-    by conv_direct.pack_input with 16-channel blocks, Hp >= 2 * ceil(OH / 2) + 2,
+    CK, K0, K1): out (COUT, OH, OW) flat = ps[c] * act(conv + bias[c] + res, alpha[c], beta) + pt[c] on the
+    tiles [K0, K1) (tile th * ceil(OW / 2) + tw: 2x2 outputs at rows 2 th, columns 2 tw), CK tiles per
+    chunk. Tiles, not tile rows, so that threads can share a plane evenly (7 tile rows of a 14x14 layer
+    went 4 + 3). xp as made by conv_direct.pack_input with 16-channel blocks, Hp >= 2 * ceil(OH / 2) + 2,
     Wp >= 2 * ceil(OW / 2) + 2. Scratch is allocated per call (thread-safe)."""
     key = ("wino", RT, ACT)
     k = _KERNELS.get(key) if cache else None
@@ -332,15 +332,15 @@ def winograd_kernel(RT, ACT, cache=True):
     # Numba keys a closure's disk-cache entry on its cells, and a dispatcher pickles differently in every
     # process (the driver would never load from the cache); the cells hold only RT and ACT.
     def kern(xp, U, out, CINB, Hp, Wp, COUT, NOB, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt,
-             CH, T0, T1):
+             CK, K0, K1):
         if ACT < 0:  # never: keeps ACT among the closure cells (a cache key per activation)
             return
         CINP = CINB * 16
         COUTP = NOB * COB
         TW = (OW + 1) // 2
-        TH = min((OH + 1) // 2, T1)
-        CH = min(CH, TH)
-        KTPmax = ((CH * TW + RT - 1) // RT) * RT
+        TT = min((OH + 1) // 2 * TW, K1)
+        CK = min(CK, TT)
+        KTPmax = ((CK + RT - 1) // RT) * RT
         V = np.zeros(16 * KTPmax * CINP, np.float32)
         M = np.empty(16 * KTPmax * COUTP, np.float32)
         Y = np.empty(64, np.float32)
@@ -348,12 +348,12 @@ def winograd_kernel(RT, ACT, cache=True):
         ap = np.zeros(COUTP, np.float32)
         bp[:COUT] = bias[:COUT]
         ap[:COUT] = alpha[:COUT]
-        for th0 in range(T0, TH, CH):
-            nth = min(CH, TH - th0)
-            KTP = ((nth * TW + RT - 1) // RT) * RT
-            wino_in(xp, V, CINB, Hp, Wp, th0, nth, TW, KTP, CINP)
+        for c0 in range(K0, TT, CK):
+            nk = min(CK, TT - c0)
+            KTP = ((nk + RT - 1) // RT) * RT
+            wino_in(xp, V, CINB, Hp, Wp, c0, nk, TW, KTP, CINP)
             _gemm(V, U, M, CINP, NOB, KTP)
-            _wout(M, out, th0, nth, TW, KTP, COUT, COUTP, OH, OW, bp, ap, beta, res, has_res, has_post, ps,
+            _wout(M, out, c0, nk, TW, KTP, COUT, COUTP, OH, OW, bp, ap, beta, res, has_res, has_post, ps,
                  pt, Y)
     ns = dict(globals(), _gemm=gemm, _wout=wout)
     fn = types_.FunctionType(kern.__code__, ns, kern.__name__, kern.__defaults__, kern.__closure__)

@@ -28,7 +28,7 @@ Conv paths (batch 1 float32 single thread; ratios to onnxruntime in benchmarks/c
 The specialised kernels are made per set of compile-time constants (kernel size, stride, dilation, tile,
 activation code), shared between nodes, compiled (or loaded from the disk cache) when the node is built.
 With several threads (bninfer.threads.split) a large layer is cut into output-channel blocks (Winograd:
-chunks of tile rows; depthwise: channels, packed by the thread that convolves them).
+chunks of 2x2 tiles, as many per thread; depthwise: channels, packed by the thread that convolves them).
 ConvTranspose: one batched matmul to columns (the prologue applied to the input first), then col2im
 (a scatter-add per output plane) with the epilogue fused.
 """
@@ -660,6 +660,16 @@ def _wino_plan(OH: int, OW: int) -> tuple[int, int]:
     return rt, ch
 
 
+def _wino_chunks(tiles_: int, most: int, nth: int) -> tuple[int, int]:
+    """(chunks, tiles per chunk) for a plane of `tiles_` 2x2 tiles over `nth` threads, each chunk streaming
+    all of U: chunks of at most `most` tiles (the plan's tile rows), as many as the threads share evenly
+    (one per thread when the plane is small, 14x14). Whole tile rows split 4 + 3 there, and 8 + 6 at 28x28:
+    the larger part set the layer's time on 2 threads."""
+    row_chunks = -(-tiles_ // most)
+    chunks = -(-row_chunks // nth) * nth
+    return chunks, -(-tiles_ // chunks)
+
+
 def _use_winograd(g: Geometry) -> bool:
     return (g.nsp == 2 and g.group == 1 and g.kernel == (3, 3) and g.strides == (1, 1)
             and g.dilations == (1, 1) and g.in_channels >= _WINO_MIN_CIN
@@ -684,7 +694,7 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     N = g.batch
     xs, ys = cin * H * W, cout * OH * OW
     alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
-    chunks = -(-TH // ch)
+    TT = TH * TW  # 2x2 output tiles
     macs = cout * OH * OW * cin * 4  # Winograd does 4/9 of the direct multiply-adds; counted as 4 per output
     tables = [threads.PartTables() for _ in range(N)]
 
@@ -702,15 +712,11 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
             r = res[n * ys:(n + 1) * ys] if has_res else res
             yn = yf[n * ys:(n + 1) * ys]
 
-            # Chunks of tile rows, each streaming all of U: one chunk when the plane is small (14x14), but
-            # on several threads then one chunk per thread (U streams once per thread, in parallel).
-            nth = threads.current_size()
-            rows = -(-TH // nth) if chunks < nth <= TH else ch
-            nchunks = -(-TH // rows)
+            nchunks, ck = _wino_chunks(TT, ch * TW, threads.current_size())
 
-            def part(k0, k1):  # chunks of tile rows [k0, k1)
+            def part(k0, k1):  # chunks [k0, k1)
                 return [(kern, (xp, U, yn, cinb, Hp, Wp, cout, nob, OH, OW, b, r, has_res, alpha, beta, has_post,
-                                ps, pt, rows, k0 * rows, k1 * rows))]
+                                ps, pt, ck, k0 * ck, k1 * ck))]
             threads.split_calls(part, nchunks, macs, 1, tables[n], outside)
     return record.recordable(run) if N == 1 else run
 
