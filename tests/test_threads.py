@@ -85,6 +85,7 @@ def _ort_conv_shape(x, w, attrs):
 
 SPLIT_CASES = {
     "pointwise": ((1, 24, 14, 14), (40, 24, 1, 1), dict()),
+    "pointwise s2": ((1, 24, 27, 28), (40, 24, 1, 1), dict(strides=[2, 2])),  # the input taken first
     "direct 3x3 s2": ((1, 24, 13, 11), (70, 24, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     "direct 1x1 7x7": ((1, 64, 7, 7), (72, 64, 1, 1), dict()),
     "rowvec stem": ((1, 3, 30, 40), (40, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),

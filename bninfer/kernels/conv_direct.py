@@ -89,6 +89,19 @@ def compile_now(dispatcher, sig):
 # -- packing ------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
+def subsample_planes(x, y, planes, H, W, SH, SW, OH, OW):
+    """y (planes, OH, OW) flat = x (planes, H, W) flat [:, :OH * SH:SH, :OW * SW:SW]: a strided 1x1
+    convolution's input, taken once into a buffer of the layer's (numpy's strided copy into a new array
+    kept the layer out of native plans, and its parts with Python)."""
+    for c in range(planes):
+        for oh in range(OH):
+            src = (c * H + oh * SH) * W
+            dst = (c * OH + oh) * OW
+            for ow in range(OW):
+                y[dst + ow] = x[src + ow * SW]
+
+
+@njit(cache=True, nogil=True)
 def pack_input(x, xp, C, H, W, CIB, Hp, Wp, PH, PW, has_pre, scale, shift, code, alpha, beta):
     """x (C, H, W) flat -> xp (CINB, Hp, Wp, CIB) flat, placed at offset (PH, PW); with `has_pre` each
     element goes through act(scale[c] * x + shift[c]). xp must be zeroed where it is not written
