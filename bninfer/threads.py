@@ -42,10 +42,6 @@ MIN_NATIVE_PART_MACS = 150_000
 # waking a sleeping worker takes ~150 us here: only a layer this large does it (a small model whose one
 # large layer came after a pause ran slower on 2 threads than on 1)
 MIN_WAKE_MACS = 30_000_000
-# once a wake-up is on its way (a native plan's run wakes them as it starts), a layer this large already
-# gains from posting a part: the worker starts it when it is up (MobileNetV2's stem, 0.7 ms on one
-# thread, ran alone at the start of every 2-thread run)
-MIN_WAKING_MACS = 8_000_000
 
 
 def default_threads() -> int:
@@ -214,10 +210,6 @@ class Workers:
 
     def asleep(self) -> bool:
         return not all(row[_AWAKE] for row in self._rows)
-
-    def waking(self) -> bool:
-        """Whether a wake-up is on its way to a worker (it will see a part posted now)."""
-        return any(row[_WAKING] for row in self._rows)
 
     def wake(self) -> None:
         """Wake the sleeping workers without giving them a part: they spin for the next one. The
@@ -466,7 +458,7 @@ def run_split(tables: list[int], packed: Packed, macs: float, tasks: np.ndarray 
             if failed:
                 packed.check()
             return
-    if macs >= MIN_WAKE_MACS or not pool.asleep() or (macs >= MIN_WAKING_MACS and pool.waking()):
+    if macs >= MIN_WAKE_MACS or not pool.asleep():
         pool.run_tables(tables)
     else:
         pool.wake()
