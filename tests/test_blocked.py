@@ -73,6 +73,50 @@ def test_pointwise_kernel_matches_numpy(cin, cout, h, w, x_blocked, act, res, po
     assert np.isfinite(_from_blocked(out, nob * 16, h, w, pads)).all()  # padding lanes written, finite
 
 
+def _cut_after_a_flush(rp: int, span: int) -> int:
+    """A pixel count whose last tile is moved back over pixels that the tile before it had the kernel
+    activate (a span run ended there), as pointwise_kernel's rule runs them."""
+    for q1 in range(span + 1, 20 * span):
+        n = -(-q1 // rp)
+        pa, flushed = 0, 0
+        for t in range(n):
+            p0 = min(t * rp, q1 - rp)
+            pa = min(pa, p0)
+            if p0 + rp - pa >= span or t == n - 1:
+                pa = flushed = p0 + rp
+            if t == n - 2:
+                before = flushed
+        if q1 % rp and min((n - 1) * rp, q1 - rp) < before:
+            return q1
+    raise AssertionError("no such count")
+
+
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 2, 1, 1)])
+@pytest.mark.parametrize("h,w", [(13, 12), (16, 16)])
+def test_pointwise_span_activation_over_pixel_ranges(h, w, pads):
+    """A span activation (SiLU) runs over SPAN_PIXELS stored pixels at a time, in two calls over pixel
+    ranges (as two threads make them), the last tile of each moved back over pixels already activated:
+    every output activated exactly once, the border left alone."""
+    rng = np.random.default_rng(h * w)
+    cin, cout, P = 24, 40, h * w
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    wt = rng.standard_normal((cout, cin)).astype(np.float32) * 0.3
+    nob = BK.blocks(cout)
+    kern = CD.compile_now(BK.pointwise_kernel(1, 7, A.SWISH, True), BK.PW_SIG)
+    bias, _, ps, pt = _epilogue_operands(rng, cout)
+    alpha = BK.padded_vector(np.full(cout, 1.0), cout)
+    yoff, yplane = BK.out_offsets(h, w, pads)
+    out = np.full(nob * yplane, np.nan, np.float32)
+    cut = _cut_after_a_flush(7, BK.SPAN_PIXELS)
+    assert cut + 7 <= P
+    for q0, q1 in ((0, cut), (cut, P)):
+        kern(_to_blocked(x), BK.pack_weights_pw(wt, 1), out, cin, nob, P, q0, q1, yoff, yplane, bias,
+             np.zeros(1, np.float32), False, alpha, 0.0, False, ps, pt)
+    z = np.einsum("oc,chw->ohw", wt.astype(np.float64), x) + bias[:cout, None, None]
+    np.testing.assert_allclose(_from_blocked(out, cout, h, w, pads), z / (1 + np.exp(-z)), rtol=1e-5, atol=1e-5)
+    assert np.isnan(np.delete(out.reshape(nob, yplane // 16, 16), yoff // 16, axis=1)).all()
+
+
 @pytest.mark.parametrize("nb,rp,cout", [(2, 8, 32), (1, 14, 16)])
 @pytest.mark.parametrize("cuts", [(16,), (16, 48), (30, 50, 64)])
 def test_pointwise_kernel_over_pixel_ranges_gives_the_whole_layer(nb, rp, cout, cuts):
@@ -186,7 +230,8 @@ def _dw_reference(x, wt, stride, pads, dil):
 @pytest.mark.parametrize("padded_in,out_pads,res,act", [(True, (0, 0, 0, 0), False, A.LEAKY_RELU),
                                                         (False, (1, 1, 1, 1), True, A.SWISH),
                                                         (True, (2, 2, 1, 1), True, A.LEAKY_RELU),
-                                                        (True, (1, 2, 2, 1), False, A.SWISH)])
+                                                        (True, (1, 2, 2, 1), False, A.SWISH),
+                                                        (True, (0, 0, 0, 0), True, A.SWISH)])  # rows run on
 def test_depthwise_kernel_matches_numpy(c, h, w, k, stride, pads, dil, padded_in, out_pads, res, act):
     rng = np.random.default_rng(c + h * w + k)
     x = rng.standard_normal((c, h, w)).astype(np.float32)

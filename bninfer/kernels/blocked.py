@@ -139,6 +139,10 @@ def pack_weights_pw(w: np.ndarray, nb: int) -> np.ndarray:
 PW_MIN_PIXELS = 14
 
 
+# a span activation (SiLU...) runs over at least this many stored pixels (x 16 channels) a call
+SPAN_PIXELS = 64
+
+
 def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
     """kern(x, w, out, CIN, NOB, P, Q0, Q1, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
     the pixels [Q0, Q1) of P (Q1 - Q0 >= RP; threads split a layer over its pixels when it has too few
@@ -172,6 +176,7 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
         xstep = np.uint64(CB if XB else 1)
         for og in range(NOB // NB):
             wb = og * CIN * COB
+            pa = Q0  # the first pixel a span activation has not run over yet
             for t in range(ntiles):
                 p0 = min(Q0 + t * RP, Q1 - RP)
                 for i in range(NACC):
@@ -213,16 +218,25 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
                                 v[c] = v[c] * ps[vo + u] + pt[vo + u]
                         for c in range(CB):
                             out[uo + np.uint64(c)] = v[c]
-                    if IACT != ACT:  # the activation over the tile's runs of adjacent pixels
-                        r0 = ob * yplane + yoff[p0]
-                        r1 = r0 + CB
-                        for j in range(1, RP):
-                            u = ob * yplane + yoff[p0 + j]
-                            if u != r1:
-                                activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
-                                r0 = u
-                            r1 = u + CB
-                        activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
+                if IACT != ACT:
+                    # the activation over runs of adjacent stored pixels, once SPAN_PIXELS have piled up
+                    # (a tile's 96 floats a call cost SiLU a third more per element than long runs). A
+                    # moved-back last tile rewrote pixels already done: the range starts at its first.
+                    pa = min(pa, p0)
+                    pe = p0 + RP
+                    if pe - pa >= SPAN_PIXELS or t == ntiles - 1:
+                        for b in range(NB):
+                            ob = og * NB + b
+                            r0 = ob * yplane + yoff[pa]
+                            r1 = r0 + CB
+                            for p in range(pa + 1, pe):
+                                u = ob * yplane + yoff[p]
+                                if u != r1:
+                                    activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
+                                    r0 = u
+                                r1 = u + CB
+                            activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
+                        pa = pe
     if cache:
         _KERNELS[key] = kern
     return kern
@@ -318,6 +332,7 @@ def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
                 x0 = 0
             vo = np.uint64(b * CB)
             wb = b * KH * KW * CB
+            ra = 0  # the first row a span activation has not run over yet
             for oh in range(OH):
                 for ow00 in range(0, OW, RW):
                     ow0 = min(ow00, OW - RW)
@@ -360,9 +375,15 @@ def depthwise_kernel(KH, KW, SH, SW, DH, DW, RW, ACT, PADDED=True, cache=True):
                                     v[c] = v[c] * ps[vo + u] + pt[vo + u]
                             for c in range(CB):
                                 out[uo + np.uint64(c)] = v[c]
-                    if IACT != ACT:
-                        u0 = ((b * OHp + oh + QH) * OWp + QW + ow0) * CB
-                        activate_span(ACT, out, u0, u0 + RW * CB, a0, hi, beta, has_post, one, zero)
+                if IACT != ACT:
+                    # the activation over whole rows, once SPAN_PIXELS have piled up (rows without a side
+                    # border are adjacent); a tile's 96 floats a call cost SiLU a third more per element
+                    adjacent = QW == 0 and OWp == OW
+                    if not adjacent or (oh - ra + 1) * OW >= SPAN_PIXELS or oh == OH - 1:
+                        u0 = ((b * OHp + ra + QH) * OWp + QW) * CB  # ra == oh unless adjacent
+                        activate_span(ACT, out, u0, u0 + (oh + 1 - ra) * OW * CB, a0, hi, beta, has_post, one,
+                                      zero)
+                        ra = oh + 1
     if cache:
         _KERNELS[key] = kern
     return kern
