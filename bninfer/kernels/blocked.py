@@ -470,9 +470,10 @@ def dense_kernel(KH, KW, SH, SW, DH, DW, NB, RP, ACT, cache=True):
                                     v[c] = v[c] * ps[vo + u] + pt[vo + u]
                             for c in range(CB):
                                 out[uo + np.uint64(c)] = v[c]
-                        if IACT != ACT:  # the tile's pixels are adjacent: one row
-                            r0 = ob * yplane + yoff[p0]
-                            activate_span(ACT, out, r0, r0 + RP * CB, a0, hi, beta, has_post, one, zero)
+                if IACT != ACT:  # over the finished row, its pixels adjacent (a tile's run was too short)
+                    for b in range(NB):
+                        r0 = (og * NB + b) * yplane + yoff[oh * OW]
+                        activate_span(ACT, out, r0, r0 + OW * CB, a0, hi, beta, has_post, one, zero)
     if cache:
         _KERNELS[key] = kern
     return kern
