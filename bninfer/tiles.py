@@ -27,6 +27,7 @@ class Tiles:
     pointwise: tuple[tuple[int, int], ...]  # NCHW 1x1 kernel: (channels, pixels), least padding wins
     rowvec: tuple[int, int]            # few-input-channel dense kernel: (channels, pixels)
     winograd_rt: tuple[int, ...]       # Winograd: 2x2 tiles per register tile (x 32 output channels)
+    winograd_min_size: int             # Winograd: the smallest output side it takes (else the direct kernel)
     # the blocked layout's kernels, one 16-channel block per tile: pixels per tile to choose from (None:
     # the AVX-512 rules below, pairs of blocks where the layer has them)
     blocked_rp: tuple[int, ...] | None  # 1x1 kernel
@@ -37,8 +38,8 @@ class Tiles:
 
 # Measured on AVX-512 hosts (Zen 5 and Sapphire Rapids class): the choices bninfer was tuned with.
 WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_cob=32,
-             pointwise=((12, 32), (16, 16)), rowvec=(16, 16), winograd_rt=(8, 7, 6), blocked_rp=None,
-             stem_rp=None, blocked_dw_rw=None, short_dw_rw=(8, 7, 6))
+             pointwise=((12, 32), (16, 16)), rowvec=(16, 16), winograd_rt=(8, 7, 6), winograd_min_size=8,
+             blocked_rp=None, stem_rp=None, blocked_dw_rw=None, short_dw_rw=(8, 7, 6))
 
 # Measured on an AVX2 host (AMD EPYC, Zen 1: 16 ymm registers, one 256-bit FMA a cycle), each against the
 # WIDE choice, one layer at a time against onnxruntime (benchmarks/conv_layers): at most 12 accumulators.
@@ -48,9 +49,11 @@ WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_
 # of pixels, into a scratch); 3 x 32 and
 # 4 x 16 ran 5-10 % slower; in ResNet-50 6 x 16 and 4 x 24 tied); rowvec 4 x 16
 # (0.55 -> 1.0-1.07); Winograd 2 tiles (1.04 -> 1.5-1.75; 3: 1.5-1.6, 4: 1.33-1.43); blocked 1x1 one
-# block x 4-6 pixels (0.57 -> 0.91-1.02; two blocks x 3: 0.81-0.86; one x 7 spilled: 0.56).
+# block x 4-6 pixels (0.57 -> 0.91-1.02; two blocks x 3: 0.81-0.86; one x 7 spilled: 0.56). Winograd
+# from 7x7 outputs on (stop 25: 3x3 512->512 @7 0.85-0.88 -> 1.20-1.22 x ORT, DenseNet's 128->32 @7
+# 0.80 -> 1.22, 64->64 @7 0.83 -> 1.22; the 16 tiles of a 7x7 plane compute 64 outputs for 49).
 NARROW = Tiles("avx2", direct_rw=(4, 5), direct_rw_16=(4, 5), direct_cob=16,
-               pointwise=((6, 16),), rowvec=(4, 16), winograd_rt=(2,), blocked_rp=(6, 4),
+               pointwise=((6, 16),), rowvec=(4, 16), winograd_rt=(2,), winograd_min_size=7, blocked_rp=(6, 4),
                stem_rp=(6, 4), blocked_dw_rw=(6, 5, 4), short_dw_rw=(6, 5, 4))
 
 

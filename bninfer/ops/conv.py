@@ -650,9 +650,10 @@ def _depthwise_blocked(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, 
 # -- Winograd F(2x2, 3x3) selection (bninfer.kernels.winograd) ------------------------------------------
 # 3x3, stride 1, dilation 1, group 1, 2-D, constant weights; taken only for the layer sizes where it measured
 # faster than the direct kernel (benchmarks/conv_layers.py): at least _WINO_MIN_CIN input channels and an
-# output of at least _WINO_MIN_SIZE on each side. The prologue is applied while packing (halo stays zero).
+# output of at least _WINO_MIN_SIZE on each side (the host's, bninfer.tiles). The prologue is applied while
+# packing (halo stays zero).
 _WINO_MIN_CIN = 32
-_WINO_MIN_SIZE = 8
+_WINO_MIN_SIZE: int | None = None  # None: the host's
 _WINO_TILES = 56  # tiles per chunk: at least this many (whole tile rows)
 
 
@@ -679,7 +680,7 @@ def _wino_chunks(tiles_: int, most: int, nth: int) -> tuple[int, int]:
 def _use_winograd(g: Geometry) -> bool:
     return (g.nsp == 2 and g.group == 1 and g.kernel == (3, 3) and g.strides == (1, 1)
             and g.dilations == (1, 1) and g.in_channels >= _WINO_MIN_CIN
-            and min(g.out_spatial) >= _WINO_MIN_SIZE)
+            and min(g.out_spatial) >= (tiles.HOST.winograd_min_size if _WINO_MIN_SIZE is None else _WINO_MIN_SIZE))
 
 
 def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
