@@ -241,13 +241,13 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
     epilogue fused. No packing of the input. Pixels go in chunks of tpc tiles (0: all at once).
     PRE >= 0 (an INLINE_CODES activation) fuses the prologue act(x * pre_scale + pre_shift): it is
     applied once per chunk of pixels, every input channel, into xs (CIN x the chunk's pixels, the
-    calling thread's scratch, in L2), which every block of output channels then reads. (Applied in the
-    loads, it was recomputed for every block: two vector operations per COT vector FMAs, a third more
-    work on AVX2's 6-channel tiles, where DenseNet's pre-activation 1x1 layers ran at 25 GFLOP/s
-    against 30 for plain ones.) P >= PXT: when PXT does not divide P, the last tile is moved back to end at
-    P, overlapping its neighbour, so every tile is a full vector tile; the pixels both compute get the
-    same sums in the same order, so writing them twice is harmless (a scalar remainder loop made 28x28
-    and 14x14 layers run at half speed)."""
+    caller's scratch: the running thread's own, or a packed part's, in L2), which every block of output
+    channels then reads. (Applied in the loads, it was recomputed for every block: two vector operations
+    per COT vector FMAs, a third more work on AVX2's 6-channel tiles, where DenseNet's pre-activation 1x1
+    layers ran at 25 GFLOP/s against 30 for plain ones.) P >= PXT: when PXT does not divide P, the last
+    tile is moved back to end at P, overlapping its neighbour, so every tile is a full vector tile; the
+    pixels both compute get the same sums in the same order, so writing them twice is harmless (a scalar
+    remainder loop made 28x28 and 14x14 layers run at half speed)."""
     key = ("pw", COT, PXT, ACT, PRE, RES, POST)
     k = _KERNELS.get(key) if cache else None
     if k is not None:

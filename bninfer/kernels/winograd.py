@@ -5,7 +5,7 @@ The weights are transformed once per node (float64, then float32) into
     U[16][NOB][CINP][COB]        (transform position, output-channel block, input channel, channel in block)
 and the input is packed per call by conv_direct.pack_input into the channel-blocked, zero-padded
     xp[CINP/16][Hp][Wp][16]      (halo in place, prologue applied while packing: padding stays zero).
-The image is processed a chunk of tile rows at a time (transforming the whole image first spills out of
+The image is processed a chunk of 2x2 tiles at a time (transforming the whole image first spills out of
 cache), in three stages per chunk, all inside one call:
   * input transform -> V[CINP/16][KTP][16][16], vectorized over 16 channels (`wino_in`);
   * 16 matrix products M[xi] (tiles x COUTP) = V[xi] (tiles x CINP) . U[xi] (CINP x COUTP) with a register
