@@ -137,6 +137,24 @@ def test_not_selected_for_other_geometries():
     assert not C._use_winograd(C.conv_geometry(node, [x1, ir.Value("w", (16, 16, 3), np.dtype(np.float32))]))
 
 
+@pytest.mark.parametrize("cout,cin", [(1, 1), (33, 17), (64, 48)])
+def test_weight_transform_is_g_g_gt_rounded_once(cout, cin):
+    """U[16][NOB][CINP][COB] holds G g G^T computed in float64 and rounded once, zero elsewhere; weights
+    spanning 20 binary orders of magnitude make a float32 intermediate rounding show."""
+    from bninfer.kernels import winograd as WG
+    rng = np.random.default_rng(cout)
+    w = (rng.standard_normal((cout, cin, 3, 3)) * np.exp(rng.uniform(-7, 7, (cout, cin, 3, 3)))).astype(np.float32)
+    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    u = np.einsum("ik,ockl,jl->ijoc", G, w.astype(np.float64), G).reshape(16, cout, cin)
+    nob, cinp = -(-cout // WG.COB), -(-cin // 16) * 16
+    want = np.zeros((16, nob * WG.COB, cinp))
+    want[:, :cout, :cin] = u
+    want = want.reshape(16, nob, WG.COB, cinp).transpose(0, 1, 3, 2).astype(np.float32).reshape(-1)
+    got = WG.transform_weights(w)
+    assert got.dtype == np.float32 and got.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(got, want)
+
+
 def test_float64_reference():
     """Kernel output against a float64 direct convolution: F(2x2) error stays at float32 rounding level."""
     rng = np.random.default_rng(0)
