@@ -49,11 +49,12 @@ WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_
 # of pixels, into a scratch); 3 x 32 and
 # 4 x 16 ran 5-10 % slower; in ResNet-50 6 x 16 and 4 x 24 tied); rowvec 4 x 16
 # (0.55 -> 1.0-1.07); Winograd 2 tiles (1.04 -> 1.5-1.75; 3: 1.5-1.6, 4: 1.33-1.43); blocked 1x1 one
-# block x 4-6 pixels (0.57 -> 0.91-1.02; two blocks x 3: 0.81-0.86; one x 7 spilled: 0.56). Winograd
+# block x 4-6 pixels (0.57 -> 0.91-1.02; two blocks x 3: 0.81-0.86; one x 7 spilled: 0.56; stop 26: 6, or 5
+# at 7x7, BLOCKED_RP_SLACK, made MobileNetV2 1.7 % and EfficientNet-B0 0.8-2 % faster than 4). Winograd
 # from 7x7 outputs on (stop 25: 3x3 512->512 @7 0.85-0.88 -> 1.20-1.22 x ORT, DenseNet's 128->32 @7
 # 0.80 -> 1.22, 64->64 @7 0.83 -> 1.22; the 16 tiles of a 7x7 plane compute 64 outputs for 49).
 NARROW = Tiles("avx2", direct_rw=(4, 5), direct_rw_16=(4, 5), direct_cob=16,
-               pointwise=((6, 16),), rowvec=(4, 16), winograd_rt=(2,), winograd_min_size=7, blocked_rp=(6, 4),
+               pointwise=((6, 16),), rowvec=(4, 16), winograd_rt=(2,), winograd_min_size=7, blocked_rp=(6, 5),
                stem_rp=(6, 4), blocked_dw_rw=(6, 5, 4), short_dw_rw=(6, 5, 4))
 
 
@@ -65,12 +66,21 @@ def host_is_wide() -> bool:
 HOST = WIDE if host_is_wide() else NARROW
 
 
-def least_waste(choices: tuple[int, ...], n: int) -> int:
-    """The tile width among `choices` that pads n to the fewest whole tiles' worth (ties: the first)."""
-    return min(choices, key=lambda r: -(-n // r) * r)
+def least_waste(choices: tuple[int, ...], n: int, slack: float = 0.0) -> int:
+    """The tile width among `choices` that pads n to the fewest whole tiles' worth (ties: the first), or
+    with slack, the first within that fraction of the fewest (the choices in order of preference)."""
+    def work(r: int) -> int:
+        return -(-n // r) * r
+    least = min(work(r) for r in choices)
+    return next(r for r in choices if work(r) <= least * (1 + slack))
 
 
 # -- the blocked layout's kernels (bninfer.kernels.blocked): tiles of whole 16-channel blocks ---------
+
+# NARROW's 1x1 tiles: 6 pixels ran 3-13 % faster than 4 or 5 wherever it recomputes little (14x14 and up);
+# a 7x7 image's 49 pixels take 5 (ten tiles, one pixel recomputed: 3-7 % faster than 6's nine tiles of 54)
+BLOCKED_RP_SLACK = 0.02
+
 
 def blocked_pw_tiles(nob: int, pixels: int, table: Tiles | None = None) -> list[tuple[int, int, int, int]]:
     """How a 1x1 conv of nob output blocks over `pixels` pixels is tiled: (NB blocks, RP pixels, first
@@ -84,7 +94,7 @@ def blocked_pw_tiles(nob: int, pixels: int, table: Tiles | None = None) -> list[
     or 1 x 8.) A fixed set of tiles, so a fixed set of kernels to compile."""
     rps = (table or HOST).blocked_rp
     if rps is not None:
-        return [(1, least_waste(rps, pixels), 0, nob)]
+        return [(1, least_waste(rps, pixels, BLOCKED_RP_SLACK), 0, nob)]
     rp = least_waste((8, 7), pixels)
     pairs = [(2, rp, 0, nob - nob % 2)] if nob >= 2 else []
     return pairs + ([(1, rp, nob - 1, 1)] if nob % 2 else [])

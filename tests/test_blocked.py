@@ -156,7 +156,12 @@ def test_pw_tiles_cover_every_block_with_the_tile_that_recomputes_least(nob, pix
     covered = [b for nb, _, first, count in pw for b in range(first, first + count)]
     assert covered == list(range(nob)) and all(count % nb == 0 for nb, _, _, count in pw)
     assert tiles.blocked_pw_tiles(nob, pixels, tiles.NARROW) == [
-        (1, tiles.least_waste(tiles.NARROW.blocked_rp, pixels), 0, nob)]
+        (1, tiles.least_waste(tiles.NARROW.blocked_rp, pixels, tiles.BLOCKED_RP_SLACK), 0, nob)]
+
+
+@pytest.mark.parametrize("pixels,rp", [(49, 5), (196, 6), (784, 6), (3136, 6), (12544, 6), (14, 5), (15, 5)])
+def test_avx2_1x1_tiles_take_6_pixels_unless_5_recompute_much_less(pixels, rp):
+    assert tiles.blocked_pw_tiles(3, pixels, tiles.NARROW) == [(1, rp, 0, 3)]
 
 
 def _taps(x, k, stride, pads, dil):

@@ -49,6 +49,12 @@ def test_least_waste_pads_to_the_fewest_whole_tiles(choices, n, want):
     assert tiles.least_waste(choices, n) == want
 
 
+@pytest.mark.parametrize("choices,n,slack,want", [((6, 5), 784, 0.0, 5), ((6, 5), 784, 0.02, 6), ((6, 5), 49, 0.02, 5),
+                                                  ((6, 5), 49, 0.1, 6), ((5, 6), 784, 0.02, 5)])
+def test_least_waste_with_slack_takes_the_first_choice_close_enough(choices, n, slack, want):
+    assert tiles.least_waste(choices, n, slack) == want
+
+
 @pytest.fixture(params=sorted(TABLES))
 def table(request, monkeypatch):
     t = TABLES[request.param][0]
