@@ -31,6 +31,7 @@ class Tiles:
     # the blocked layout's kernels, one 16-channel block per tile: pixels per tile to choose from (None:
     # the AVX-512 rules below, pairs of blocks where the layer has them)
     blocked_rp: tuple[int, ...] | None  # 1x1 kernel
+    blocked_half_rp: int | None         # 1x1 kernel, a last block of 8 channels or fewer (None: whole blocks)
     stem_rp: tuple[int, ...] | None     # few-input-channel dense kernel (rows of at least 14 pixels)
     blocked_dw_rw: tuple[int, ...] | None  # depthwise kernel (rows of at least 6 pixels)
     short_dw_rw: tuple[int, ...]       # NCHW depthwise of short rows (16 channels a vector): pixels per tile
@@ -39,7 +40,7 @@ class Tiles:
 # Measured on AVX-512 hosts (Zen 5 and Sapphire Rapids class): the choices bninfer was tuned with.
 WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_cob=32,
              pointwise=((12, 32), (16, 16)), rowvec=(16, 16), winograd_rt=(8, 7, 6), winograd_min_size=8,
-             blocked_rp=None, stem_rp=None, blocked_dw_rw=None, short_dw_rw=(8, 7, 6))
+             blocked_rp=None, blocked_half_rp=None, stem_rp=None, blocked_dw_rw=None, short_dw_rw=(8, 7, 6))
 
 # Measured on an AVX2 host (AMD EPYC, Zen 1: 16 ymm registers, one 256-bit FMA a cycle), each against the
 # WIDE choice, one layer at a time against onnxruntime (benchmarks/conv_layers): at most 12 accumulators.
@@ -55,7 +56,7 @@ WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_
 # 0.80 -> 1.22, 64->64 @7 0.83 -> 1.22; the 16 tiles of a 7x7 plane compute 64 outputs for 49).
 NARROW = Tiles("avx2", direct_rw=(4, 5), direct_rw_16=(4, 5), direct_cob=16,
                pointwise=((6, 16),), rowvec=(4, 16), winograd_rt=(2,), winograd_min_size=7, blocked_rp=(6, 5),
-               stem_rp=(6, 4), blocked_dw_rw=(6, 5, 4), short_dw_rw=(6, 5, 4))
+               blocked_half_rp=8, stem_rp=(6, 4), blocked_dw_rw=(6, 5, 4), short_dw_rw=(6, 5, 4))
 
 
 def host_is_wide() -> bool:
@@ -98,6 +99,15 @@ def blocked_pw_tiles(nob: int, pixels: int, table: Tiles | None = None) -> list[
     rp = least_waste((8, 7), pixels)
     pairs = [(2, rp, 0, nob - nob % 2)] if nob >= 2 else []
     return pairs + ([(1, rp, nob - 1, 1)] if nob % 2 else [])
+
+
+def blocked_pw_half(cout: int, table: Tiles | None = None) -> int | None:
+    """Pixels per tile for the last of cout's 16-channel blocks when it holds 8 channels or fewer and the
+    table sums such a block in half-block tiles (NARROW: one ymm of 8 lanes x 8 pixels), else None. On
+    AVX2 a 24-channel 1x1 output took 16-19 % less time so (96->24 and 144->24 at 56x56, 240->40 at
+    28x28; 8 pixels ran 0-25 % faster than 10 or 12); on AVX-512 a block is one vector anyway."""
+    rp = (table or HOST).blocked_half_rp
+    return rp if rp is not None and 0 < cout % 16 <= 8 else None
 
 
 def stem_tiles(nob: int, ow: int, table: Tiles | None = None) -> list[tuple[int, int, int, int]]:

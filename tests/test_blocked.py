@@ -73,6 +73,36 @@ def test_pointwise_kernel_matches_numpy(cin, cout, h, w, x_blocked, act, res, po
     assert np.isfinite(_from_blocked(out, nob * 16, h, w, pads)).all()  # padding lanes written, finite
 
 
+@pytest.mark.parametrize("cout,cin,h,w", [(24, 144, 9, 10), (40, 17, 5, 7), (8, 16, 4, 4), (72, 40, 7, 7)])
+@pytest.mark.parametrize("x_blocked", [True, False])
+@pytest.mark.parametrize("act,res,post", [(A.CLIP, True, False), (A.LEAKY_RELU, False, True), (A.SWISH, True, False)])
+def test_a_half_block_tile_writes_what_the_whole_block_tile_writes(cout, cin, h, w, x_blocked, act, res, post):
+    """LANES=HALF sums only a last block's lower 8 lanes, over 8 pixels a tile; each output's sum runs
+    over the same inputs in the same order, and the padding lanes get act(bias + res) as zero weights
+    give: every float, padding and border included, equals the whole-block kernel's."""
+    rng = np.random.default_rng(cout + cin)
+    P, nob = h * w, BK.blocks(cout)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    wt = BK.pack_weights_pw(rng.standard_normal((cout, cin)).astype(np.float32), 1)
+    r = _to_blocked(rng.standard_normal((cout, h, w)).astype(np.float32))
+    bias, alpha, ps, pt = _epilogue_operands(rng, cout)
+    if act == A.SWISH:
+        alpha[:] = 1.0
+    yoff, yplane = BK.out_offsets(h, w, (1, 0, 2, 1))
+    xin = _to_blocked(x) if x_blocked else x.reshape(-1)
+    whole = CD.compile_now(BK.pointwise_kernel(1, 6, act, x_blocked), BK.PW_SIG)
+    half = CD.compile_now(BK.pointwise_kernel(1, 8, act, x_blocked, LANES=BK.HALF), BK.PW_SIG)
+    want, got = (np.full(nob * yplane, np.nan, np.float32) for _ in range(2))
+    whole(xin, wt, want, cin, nob, P, 0, P, yoff, yplane, bias, r, res, alpha, 6.0, post, ps, pt)
+    last = slice((nob - 1) * 16, nob * 16)
+    if nob > 1:
+        whole(xin, wt, got, cin, nob - 1, P, 0, P, yoff, yplane, bias, r, res, alpha, 6.0, post, ps, pt)
+    half(xin, wt[(nob - 1) * cin * 16:], got[(nob - 1) * yplane:], cin, 1, P, 0, P, yoff, yplane, bias[last],
+         r[(nob - 1) * 16 * P:] if res else r, res, alpha[last], 6.0, post, ps[last], pt[last])
+    np.testing.assert_array_equal(got, want)
+    assert np.isfinite(_from_blocked(got, nob * 16, h, w, (1, 0, 2, 1))).all()
+
+
 def _cut_after_a_flush(rp: int, span: int) -> int:
     """A pixel count whose last tile is moved back over pixels that the tile before it had the kernel
     activate (a span run ended there), as pointwise_kernel's rule runs them."""

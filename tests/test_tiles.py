@@ -37,6 +37,8 @@ def test_every_tile_leaves_registers_for_its_loads_and_broadcasts(name):
         # None: the AVX-512 rules of bninfer.ops.conv_blocked (pairs of blocks x 8 pixels at most)
         assert fits(blocks * BK.CB // lanes, 8) if rps is None else fits(BK.CB // lanes, max(rps))
     assert fits(16 // lanes, max(t.short_dw_rw))
+    if t.blocked_half_rp is not None:
+        assert fits(BK.HALF // lanes, t.blocked_half_rp)
 
 
 def test_the_host_takes_the_table_of_its_vector_width():
@@ -124,11 +126,24 @@ def test_a_depthwise_separable_chain_runs_blocked_with_the_tables_tiles(table, s
     nb = {a[0] for a in pw} | {a[6] for a in stem}
     assert nb == ({1} if table.blocked_rp is not None else {1, 2})  # AVX2: one block a tile
     if table.blocked_rp is not None:
-        assert {a[1] for a in pw} <= set(table.blocked_rp) and {a[6] for a in dw} <= set(table.blocked_dw_rw)
+        assert {a[1] for a in pw} <= {*table.blocked_rp, table.blocked_half_rp}  # the 24-channel blocks: half
+        assert {a[6] for a in dw} <= set(table.blocked_dw_rw)
         assert {a[7] for a in stem} <= set(table.stem_rp)
 
 
 def test_small_image_1x1_convs_take_the_tables_blocked_tiles(table, monkeypatch):
-    pw = _spy(monkeypatch, BK, "pointwise_kernel")
-    _check(*_resnet_tail(40, 72, 7, 1))
+    pw, lanes = [], []
+    real = BK.pointwise_kernel
+    monkeypatch.setattr(BK, "pointwise_kernel", lambda *a, **k: pw.append(a) or lanes.append(k.get("LANES"))
+                        or real(*a, **k))
+    _check(*_resnet_tail(40, 72, 7, 1))  # 72 channels: four blocks and a half
     assert pw and {a[0] for a in pw} == ({1} if table.blocked_rp is not None else {1, 2})
+    halves = [a[1] for a, n in zip(pw, lanes) if n == BK.HALF]
+    assert halves == ([table.blocked_half_rp] * 2 if table.blocked_half_rp else [])
+
+
+@pytest.mark.parametrize("cout,half", [(24, True), (40, True), (8, True), (20, True), (72, True), (16, False),
+                                       (32, False), (28, False), (25, False)])
+def test_a_last_block_of_8_channels_or_fewer_takes_half_block_tiles_on_avx2(cout, half):
+    assert tiles.blocked_pw_half(cout, tiles.NARROW) == (tiles.NARROW.blocked_half_rp if half else None)
+    assert tiles.blocked_pw_half(cout, tiles.WIDE) is None

@@ -139,11 +139,15 @@ def pack_weights_pw(w: np.ndarray, nb: int) -> np.ndarray:
 PW_MIN_PIXELS = 14
 
 
+# the lanes a half-block tile sums (one AVX2 vector)
+HALF = CB // 2
+
+
 # a span activation (SiLU...) runs over at least this many stored pixels (x 16 channels) a call
 SPAN_PIXELS = 64
 
 
-def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
+def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
     """kern(x, w, out, CIN, NOB, P, Q0, Q1, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
     the pixels [Q0, Q1) of P (Q1 - Q0 >= RP; threads split a layer over its pixels when it has too few
     output blocks to split), pixel p of output block b at out[b * yplane + yoff[p]:][:16] (out_offsets:
@@ -156,8 +160,11 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
     moved back to end at Q1 (recomputing a few pixels with the same sums: out never shares memory with
     x or res). ACT: one of INLINE_CODES is applied in the store; any other code runs afterwards, a
     loop-vectorized span over the tile's stored pixels (then has_post must be False: the span's affine
-    is not per channel)."""
-    key = ("pw", NB, RP, ACT, XB)
+    is not per channel). LANES = HALF (NB 1): the block's upper 8 lanes are padding (a layer of 24 or 40
+    channels on AVX2); the tile sums only the lower 8, over more pixels, and stores the upper ones as
+    the whole-block kernel does with their zero weights: act(bias + res) (* ps + pt)."""
+    assert LANES == CB or (LANES == HALF and NB == 1)
+    key = ("pw", NB, RP, ACT, XB) + ((LANES,) if LANES != CB else ())
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
@@ -189,7 +196,7 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True):
                     wo = np.uint64(wb + ci * COB)
                     for j in range(RP):
                         xv = x[xo + np.uint64(j) * xstep]
-                        for c in range(COB):
+                        for c in range(COB if LANES == CB else LANES):  # a half block's upper lanes stay 0
                             acc[j * COB + c] += xv * w[wo + np.uint64(c)]
                 for b in range(NB):
                     ob = og * NB + b
