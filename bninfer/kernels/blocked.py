@@ -139,6 +139,10 @@ def pack_weights_pw(w: np.ndarray, nb: int) -> np.ndarray:
 PW_MIN_PIXELS = 14
 
 
+# the 1x1 kernel's pixel chunk: at most this many bytes of input (and at least one tile)
+PW_CHUNK_BYTES = 128 * 1024
+
+
 # the lanes a half-block tile sums (one AVX2 vector)
 HALF = CB // 2
 
@@ -179,71 +183,78 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
         hi, a0, one, zero = np.float32(beta), alpha[0], np.float32(1.0), np.float32(0.0)
         acc = stack_f32(NACC)
         v = stack_f32(CB)
-        ntiles = (Q1 - Q0 + RP - 1) // RP
         xstep = np.uint64(CB if XB else 1)
-        for og in range(NOB // NB):
-            wb = og * CIN * COB
-            pa = Q0  # the first pixel a span activation has not run over yet
-            for t in range(ntiles):
-                p0 = min(Q0 + t * RP, Q1 - RP)
-                for i in range(NACC):
-                    acc[i] = 0.0
-                for ci in range(CIN):
-                    if XB:
-                        xo = np.uint64(((ci // CB) * P + p0) * CB + ci % CB)
-                    else:
-                        xo = np.uint64(ci * P + p0)
-                    wo = np.uint64(wb + ci * COB)
-                    for j in range(RP):
-                        xv = x[xo + np.uint64(j) * xstep]
-                        for c in range(COB if LANES == CB else LANES):  # a half block's upper lanes stay 0
-                            acc[j * COB + c] += xv * w[wo + np.uint64(c)]
-                for b in range(NB):
-                    ob = og * NB + b
-                    vo = np.uint64(ob * CB)
-                    for j in range(RP):
-                        uo = np.uint64(ob * yplane + yoff[p0 + j])
-                        ur = np.uint64((ob * P + p0 + j) * CB)
-                        # one straight 16-lane expression into v, then the store: the SLP vectorizer
-                        # makes each one vector (bias, residual and activation added into acc lane loop
-                        # by lane loop came out as 8-, 4- and 1-lane pieces shuffled together; a store to
-                        # out inside the expression kept it scalar, as out might alias the vectors read;
-                        # an inline helper taking the arrays paid reference counts on every call)
-                        i = j * COB + b * CB
-                        if has_res:
-                            for c in range(CB):
-                                u = np.uint64(c)
-                                v[c] = activate_inline(IACT, acc[i + c] + bias[vo + u] + res[ur + u], alpha[vo + u],
-                                                       hi, beta)
+        # chunks of pixels, each through every output block: a chunk's inputs stay in L2 for the next
+        # block (a whole 112x112 plane of 16 channels, 800 KB, came from L3 once per output block)
+        ch = max(1, PW_CHUNK_BYTES // ((CIN + CB - 1) // CB * CB * 4 if XB else CIN * 4) // RP) * RP
+        nchunks = max(1, (Q1 - Q0) // ch)
+        for k in range(nchunks):
+            c0 = Q0 + k * ch
+            c1 = Q1 if k == nchunks - 1 else c0 + ch
+            ntiles = (c1 - c0 + RP - 1) // RP
+            for og in range(NOB // NB):
+                wb = og * CIN * COB
+                pa = c0  # the first pixel a span activation has not run over yet
+                for t in range(ntiles):
+                    p0 = min(c0 + t * RP, c1 - RP)
+                    for i in range(NACC):
+                        acc[i] = 0.0
+                    for ci in range(CIN):
+                        if XB:
+                            xo = np.uint64(((ci // CB) * P + p0) * CB + ci % CB)
                         else:
+                            xo = np.uint64(ci * P + p0)
+                        wo = np.uint64(wb + ci * COB)
+                        for j in range(RP):
+                            xv = x[xo + np.uint64(j) * xstep]
+                            for c in range(COB if LANES == CB else LANES):  # a half block's upper lanes stay 0
+                                acc[j * COB + c] += xv * w[wo + np.uint64(c)]
+                    for b in range(NB):
+                        ob = og * NB + b
+                        vo = np.uint64(ob * CB)
+                        for j in range(RP):
+                            uo = np.uint64(ob * yplane + yoff[p0 + j])
+                            ur = np.uint64((ob * P + p0 + j) * CB)
+                            # one straight 16-lane expression into v, then the store: the SLP vectorizer
+                            # makes each one vector (bias, residual and activation added into acc lane loop
+                            # by lane loop came out as 8-, 4- and 1-lane pieces shuffled together; a store to
+                            # out inside the expression kept it scalar, as out might alias the vectors read;
+                            # an inline helper taking the arrays paid reference counts on every call)
+                            i = j * COB + b * CB
+                            if has_res:
+                                for c in range(CB):
+                                    u = np.uint64(c)
+                                    v[c] = activate_inline(IACT, acc[i + c] + bias[vo + u] + res[ur + u], alpha[vo + u],
+                                                           hi, beta)
+                            else:
+                                for c in range(CB):
+                                    u = np.uint64(c)
+                                    v[c] = activate_inline(IACT, acc[i + c] + bias[vo + u], alpha[vo + u], hi, beta)
+                            if has_post:
+                                for c in range(CB):
+                                    u = np.uint64(c)
+                                    v[c] = v[c] * ps[vo + u] + pt[vo + u]
                             for c in range(CB):
-                                u = np.uint64(c)
-                                v[c] = activate_inline(IACT, acc[i + c] + bias[vo + u], alpha[vo + u], hi, beta)
-                        if has_post:
-                            for c in range(CB):
-                                u = np.uint64(c)
-                                v[c] = v[c] * ps[vo + u] + pt[vo + u]
-                        for c in range(CB):
-                            out[uo + np.uint64(c)] = v[c]
-                if IACT != ACT:
-                    # the activation over runs of adjacent stored pixels, once SPAN_PIXELS have piled up
-                    # (a tile's 96 floats a call cost SiLU a third more per element than long runs). A
-                    # moved-back last tile rewrote pixels already done: the range starts at its first.
-                    pa = min(pa, p0)
-                    pe = p0 + RP
-                    if pe - pa >= SPAN_PIXELS or t == ntiles - 1:
-                        for b in range(NB):
-                            ob = og * NB + b
-                            r0 = ob * yplane + yoff[pa]
-                            r1 = r0 + CB
-                            for p in range(pa + 1, pe):
-                                u = ob * yplane + yoff[p]
-                                if u != r1:
-                                    activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
-                                    r0 = u
-                                r1 = u + CB
-                            activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
-                        pa = pe
+                                out[uo + np.uint64(c)] = v[c]
+                    if IACT != ACT:
+                        # the activation over runs of adjacent stored pixels, once SPAN_PIXELS have piled up
+                        # (a tile's 96 floats a call cost SiLU a third more per element than long runs). A
+                        # moved-back last tile rewrote pixels already done: the range starts at its first.
+                        pa = min(pa, p0)
+                        pe = p0 + RP
+                        if pe - pa >= SPAN_PIXELS or t == ntiles - 1:
+                            for b in range(NB):
+                                ob = og * NB + b
+                                r0 = ob * yplane + yoff[pa]
+                                r1 = r0 + CB
+                                for p in range(pa + 1, pe):
+                                    u = ob * yplane + yoff[p]
+                                    if u != r1:
+                                        activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
+                                        r0 = u
+                                    r1 = u + CB
+                                activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
+                            pa = pe
     if cache:
         _KERNELS[key] = kern
     return kern
