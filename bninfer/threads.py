@@ -166,8 +166,8 @@ class Workers:
     only makes a sleeper check again."""
 
     def __init__(self, size: int):
-        from .kernels.spin import hand_over, serve_wait, wait_while
-        self._wait, self._serve_wait, self._run_table = wait_while, serve_wait, run_table
+        from .kernels.spin import hand_over, serve_wait, take, wait_below
+        self._wait, self._serve_wait, self._run_table, self._take = wait_below, serve_wait, run_table, take
         self._hand_over = hand_over
         self.size = size
         n = size - 1
@@ -238,9 +238,9 @@ class Workers:
         """Wait for worker k's part."""
         row = self._rows[k]
         seq = row[_POSTED]
-        if self._wait(row, _DONE, seq - 1, _CALLER_SPIN_TICKS, _MAX_POLLS) != seq:
+        if self._wait(row, _DONE, seq, _CALLER_SPIN_TICKS, _MAX_POLLS) < seq:
             row[_CALLER_ASLEEP] = 1
-            while row[_DONE] != seq:  # the timeout: a wake-up lost between the two flags
+            while row[_DONE] < seq:  # the timeout: a wake-up lost between the two flags
                 try:
                     self._done[k].get(timeout=0.001)
                 except queue.Empty:
@@ -275,13 +275,14 @@ class Workers:
 
     def hand_over(self, own: int, tasks: np.ndarray) -> bool | None:
         """Part tables `tasks` (an int64 array: one per worker, at most size - 1) to the workers and `own`
-        here, handed over in native code (spin.hand_over) when every worker spins: the split layers of a
-        native plan, whose hand-over through run_tables cost ~10 us of Python each. None when nothing was
-        handed over (a worker sleeps or another caller has the workers: the caller takes run_tables);
-        else whether a part failed (the caller's Packed.check raises its exception). A worker going to
-        sleep stores its awake word and then loads its posted word in Python, with no fence between: were
-        it and spin.hand_over each to miss the other's store, the part waits out CALLER_SPIN_TICKS (~15 ms)
-        and is then finished here, the worker woken as below. Never lost, never run twice."""
+        here, handed over in native code (spin.hand_over) when every worker spins or is being woken: the
+        split layers of a native plan, whose hand-over through run_tables cost ~10 us of Python each. A
+        part its worker has not taken by the time the caller's own is done runs here. None when nothing
+        was handed over (a worker sleeps with no wake-up on its way, or another caller has the workers:
+        the caller takes run_tables); else whether a part failed (the caller's Packed.check raises its
+        exception). A worker going to sleep stores its awake word and then loads its posted word in
+        Python, with no fence between: were it and spin.hand_over each to miss the other's store, the
+        worker sleeps and the caller takes its part back. Never lost, never run twice (spin.take)."""
         if len(tasks) > len(self._rows) or not self._lock.acquire(blocking=False):
             return None
         try:
@@ -289,7 +290,7 @@ class Workers:
             r = self._hand_over(self._flags, tasks, own)
             if r == 1:
                 return None
-            if r == 2:  # posted, not seen done: a worker may have gone to sleep as the part came
+            if r == 2:  # a part its worker took, not seen done within ~15 ms: wait from Python
                 for k in range(len(tasks)):
                     row = self._rows[k]
                     if not row[_AWAKE] and not row[_WAKING]:
@@ -303,7 +304,8 @@ class Workers:
 
     def run_tables(self, tables: list[int]) -> None:
         """Every part table (bninfer.kernels.calls, at most `size`), the first on the calling thread:
-        the workers run theirs natively, without the GIL."""
+        the workers run theirs natively, without the GIL; a part a worker has not taken (one still
+        waking) by the time the caller's own is done runs here."""
         if len(tables) == 1 or not self._lock.acquire(blocking=False):
             for t in tables:
                 self._run_table(t)
@@ -315,7 +317,10 @@ class Workers:
                 self._post(k, tables[k + 1])
             self._run_table(tables[0])
             for k in workers:
-                self._collect(k)
+                if self._take(self._flags, k * _ROW + _TASK) == tables[k + 1]:
+                    self._run_table(tables[k + 1])
+                else:
+                    self._collect(k)
         finally:
             self._lock.release()
 

@@ -595,7 +595,8 @@ def test_a_native_hand_over_runs_both_parts_and_reports_a_failed_one():
 
 
 def test_a_native_hand_over_posts_nothing_to_a_sleeping_worker():
-    """A worker asleep (or being woken): hand_over posts nothing and returns None, for the Python way."""
+    """A worker asleep with no wake-up on its way: hand_over posts nothing and returns None, for the
+    Python way (which wakes it)."""
     from bninfer import threads
     y, packed, own, tasks = _hand_over_tables()
     pool = threads.Workers(2)
@@ -628,6 +629,89 @@ def test_a_part_posted_as_its_worker_went_to_sleep_is_finished_from_python():
     pool._hand_over = posted_as_it_slept
     assert pool.hand_over(own, tasks) is False
     np.testing.assert_array_equal(y, [1.5] * 5 + [-2.0] * 5)
+
+
+@njit(nogil=True)
+def _add(y, value, a, b):
+    y[a:b] += value  # a part run twice shows
+
+
+def _adding_tables():
+    from bninfer.kernels.calls import Packed
+    _add.compile((types.float32[::1], types.float64, types.int64, types.int64))
+    y = np.zeros(10, np.float32)
+    packed = Packed()
+    own, task = packed.table([(_add, (y, 1.5, 0, 5))]), packed.table([(_add, (y, -2.0, 5, 10))])
+    return y, packed, own, np.array([task], np.int64)
+
+
+def _asleep_and_never_woken():
+    """A pool whose one worker sleeps and whose wake-ups get lost (a worker the host has descheduled
+    looks the same to the caller)."""
+    from bninfer import threads
+    pool = threads.Workers(2)
+    deadline = time.perf_counter() + 2
+    while not pool.asleep() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert pool.asleep()
+    lost = []
+    pool.real_wake = pool._wake[0]  # the queue the worker sleeps on
+    pool._wake[0] = type("Lost", (), {"put": staticmethod(lost.append)})()
+    return pool, lost
+
+
+def _wake_for_real(pool):
+    from bninfer import threads
+    row = pool._rows[0]
+    pool._wake[0] = pool.real_wake
+    pool.real_wake.put(None)
+    deadline = time.perf_counter() + 2
+    while row[threads._DONE] < row[threads._POSTED] and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    assert row[threads._DONE] == row[threads._POSTED]  # it saw the post, and published it done
+
+
+def test_a_part_its_waking_worker_has_not_taken_runs_on_the_caller_once():
+    """spin.hand_over posts to a worker being woken; the wake-up does not come in time (it takes 0.3-1.7
+    ms on this VM): the caller takes the part back once its own is done and runs it. The worker, woken
+    later, finds the part taken and publishes it done without running it."""
+    from bninfer import threads
+    from bninfer.kernels.spin import TAKEN
+    y, packed, own, tasks = _adding_tables()
+    pool, lost = _asleep_and_never_woken()
+    row = pool._rows[0]
+    row[threads._WAKING] = 1  # a wake-up on its way (that never arrives)
+    posted = row[threads._POSTED]
+    assert pool.hand_over(own, tasks) is False
+    assert row[threads._POSTED] == posted + 1 and row[threads._TASK] == TAKEN
+    np.testing.assert_array_equal(y, [1.5] * 5 + [-2.0] * 5)
+    _wake_for_real(pool)
+    np.testing.assert_array_equal(y, [1.5] * 5 + [-2.0] * 5)  # not run a second time
+
+
+def test_run_tables_runs_a_sleeping_workers_part_itself_if_it_has_not_started():
+    y, packed, own, tasks = _adding_tables()
+    pool, lost = _asleep_and_never_woken()
+    pool.run_tables([own, int(tasks[0])])  # returns: the part a lost wake-up strands is the caller's
+    assert lost  # the wake-up was sent
+    np.testing.assert_array_equal(y, [1.5] * 5 + [-2.0] * 5)
+    _wake_for_real(pool)
+    np.testing.assert_array_equal(y, [1.5] * 5 + [-2.0] * 5)
+
+
+def test_a_part_taken_back_by_its_caller_is_published_done_unrun():
+    from bninfer.kernels.spin import TAKEN, serve_wait
+    done_i, asleep_i, posted_i, seen_i, task_i = 1, 3, 0, 6, 5
+    y, packed, own, tasks = _adding_tables()
+    flags = np.zeros(8, np.int64)
+    flags[task_i], flags[posted_i] = TAKEN, 1
+    assert serve_wait(flags, done_i, -1, asleep_i, posted_i, seen_i, task_i, 10**6, 10**12, 0) == -1
+    assert flags[done_i] == 1 and flags[seen_i] == 1 and not y.any()
+    # a part posted after: the worker takes it (a later number published done, once run)
+    flags[task_i], flags[posted_i] = own, 3
+    assert serve_wait(flags, done_i, -1, asleep_i, posted_i, seen_i, task_i, 10**6, 10**12, 0) == -1
+    assert flags[done_i] == 3 and flags[task_i] == TAKEN
+    np.testing.assert_array_equal(y, [1.5] * 5 + [0.0] * 5)
 
 
 def test_packed_calls_take_every_argument_kind_and_refuse_what_fits_no_signature():

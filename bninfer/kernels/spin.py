@@ -51,6 +51,22 @@ def _store_seq_cst(typingctx, flags, i, value):
 
 
 @intrinsic
+def _exchange(typingctx, flags, i, value):
+    """flags[i] = value for an int64 array, returning the value it replaced: one atomic, sequentially
+    consistent step (x86: xchg), so of two threads exchanging the same word, one gets what the other put."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64 and isinstance(i, types.Integer)
+            and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(flags)(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("xchg", ptr, val, "seq_cst")
+    return types.int64(flags, i, value), codegen
+
+
+@intrinsic
 def _pause(typingctx):
     """The spin-wait hint (x86 `pause`: yields the core's pipeline to its sibling, saves power)."""
     def codegen(context, builder, sig, args):
@@ -87,6 +103,28 @@ def wait_while(flags, i, value, max_ticks, max_polls):
 
 
 @njit(nogil=True, cache=True)
+def wait_below(flags, i, value, max_ticks, max_polls):
+    """Spin while flags[i] < value, bounded as wait_while; returns the last value read."""
+    t0 = _ticks()
+    n = 0
+    v = _load_acquire(flags, i)
+    while v < value:
+        n += 1
+        if n >= max_polls or _ticks() - t0 >= max_ticks:
+            break
+        _pause()
+        v = _load_acquire(flags, i)
+    return v
+
+
+@njit(nogil=True, cache=True)
+def take(flags, i):
+    """The part table posted at flags[i], which is marked TAKEN in the same atomic step: the table, or
+    TAKEN when the worker (or the caller) got it first, or 0 for a part for Python."""
+    return _exchange(flags, i, TAKEN)
+
+
+@njit(nogil=True, cache=True)
 def serve_wait(flags, done_i, done, asleep_i, posted_i, seen_i, task_i, max_ticks, max_polls, settle_ticks):
     """A worker between parts, without the GIL. Publish flags[done_i] = done (done >= 0; return -2 at
     once when flags[asleep_i] says its caller sleeps and needs waking), then spin while
@@ -94,7 +132,8 @@ def serve_wait(flags, done_i, done, asleep_i, posted_i, seen_i, task_i, max_tick
     a table at flags[task_i] (bninfer.kernels.calls) runs here, is published done, and the spin goes on
     for the next. A part for Python (task 0) is returned, its number also kept in flags[seen_i]; before
     that the worker spins settle_ticks more: the caller holds the GIL until its own kernel starts, and a
-    thread that asks for a held GIL sleeps, woken only after a slow OS wake-up."""
+    thread that asks for a held GIL sleeps, woken only after a slow OS wake-up.
+    The table is taken (take): a part its caller took back first (TAKEN) is published done unrun."""
     seen = flags[seen_i]
     while True:
         if done >= 0:
@@ -106,10 +145,11 @@ def serve_wait(flags, done_i, done, asleep_i, posted_i, seen_i, task_i, max_tick
             return -1
         seen = v
         flags[seen_i] = v
-        task = _load_acquire(flags, task_i)  # posted before the part's number: seen with it
+        task = _exchange(flags, task_i, TAKEN)  # posted before the part's number: seen with it
         if task == 0:
             break
-        run_table(task)
+        if task != TAKEN:
+            run_table(task)
         done = v
     if settle_ticks > 0:
         t0 = _ticks()
@@ -121,10 +161,12 @@ def serve_wait(flags, done_i, done, asleep_i, posted_i, seen_i, task_i, max_tick
 
 
 # a worker's flag words (one cache line per worker, bninfer.threads.Workers): the task number posted by
-# the caller, the last one the worker finished, whether the worker is awake (spinning or working), whether
+# the caller, the last one the worker finished (it only grows: a part its caller took back may be
+# published late, or skipped for a later one), whether the worker is awake (spinning or working), whether
 # the caller sleeps, whether a wake-up is on its way, the part table of a native part (0: a part for
-# Python), the last task number the worker saw
+# Python; TAKEN once the worker or its caller has it), the last task number the worker saw
 POSTED, DONE, AWAKE, CALLER_ASLEEP, WAKING, TASK, SEEN = 0, 1, 2, 3, 4, 5, 6
+TAKEN = -1
 ROW = 8  # int64 words per worker: 64 bytes, no shared cache lines
 CALLER_SPIN_TICKS = 40_000_000  # ~15 ms: how long the caller spins for a worker's part before it sleeps
 MAX_POLLS = 1_000_000  # bounds every spin where the cycle counter does not run
@@ -133,33 +175,31 @@ MAX_POLLS = 1_000_000  # bounds every spin where the cycle counter does not run
 @njit(nogil=True, cache=True)
 def hand_over(flags, tasks, own):
     """A split layer's packed part tables without Python: post tasks[k] to worker k (its flag words at
-    flags[k * ROW:]), run the table `own` here, then spin for the workers' parts, as Workers.run_tables
-    does from Python (~10 us a layer there, ~1 here; three arguments: Numba's dispatch takes a fraction of
-    a microsecond for each). Returns
+    flags[k * ROW:]), run the table `own` here, then take back each worker's part not yet taken and run
+    it here, and spin for the others, as Workers.run_tables does from Python (~10 us a layer there, ~1
+    here; three arguments: Numba's dispatch takes a fraction of a microsecond for each). A worker still
+    waking (0.3-1.7 ms on this VM, p90 much longer) or descheduled by the host then costs the layer no
+    more than running its part here. Returns
       0  every part ran, and none failed;
-      1  nothing was posted: a worker is asleep or being woken (the caller takes the Python way);
-      2  posted, but a part was not seen done within CALLER_SPIN_TICKS, or its worker went to sleep
-         after the first check (the caller wakes it if need be and waits from Python);
+      1  nothing was posted: a worker is asleep and no wake-up is on its way (the caller takes the Python
+         way, which wakes it);
+      2  a part its worker took was not seen done within CALLER_SPIN_TICKS (the caller waits from Python);
       3  every part ran, and one failed (the caller's Packed.check raises its exception).
-    A worker that goes to sleep sets its awake word first and then looks for a post (both in Python): the
-    check after the posts (a full barrier apart) catches one that did so between the first check and the
-    post; one the second check misses sees the post itself."""
+    A part is run once: the worker and the caller each take it with one atomic exchange (take)."""
     n = tasks.size
     for k in range(n):
-        if _load_acquire(flags, k * ROW + AWAKE) == 0 or _load_acquire(flags, k * ROW + WAKING) != 0:
+        if _load_acquire(flags, k * ROW + AWAKE) == 0 and _load_acquire(flags, k * ROW + WAKING) == 0:
             return 1
     for k in range(n):
         flags[k * ROW + TASK] = tasks[k]  # before the part's number: the worker reads it once it sees that
         _store_seq_cst(flags, k * ROW + POSTED, flags[k * ROW + POSTED] + 1)
-    asleep = False
-    for k in range(n):
-        asleep = asleep or _load_acquire(flags, k * ROW + AWAKE) == 0
     run_table(own)
-    if asleep:
-        return 2
     for k in range(n):
+        if _exchange(flags, k * ROW + TASK, TAKEN) == tasks[k]:
+            run_table(tasks[k])  # not taken yet: its worker is late
+            continue
         seq = flags[k * ROW + POSTED]
-        if wait_while(flags, k * ROW + DONE, seq - 1, CALLER_SPIN_TICKS, MAX_POLLS) != seq:
+        if wait_below(flags, k * ROW + DONE, seq, CALLER_SPIN_TICKS, MAX_POLLS) < seq:
             return 2
     failed = table_failed(own)
     for k in range(n):
