@@ -588,6 +588,29 @@ def test_squeeze_excitation_blocks_run_blocked_and_match_onnxruntime(batch, size
     np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-6 * np.abs(nchw[0]).max())
 
 
+@pytest.mark.parametrize("batch,n_threads", [(1, 2), (2, 3)])
+def test_squeeze_excitation_pools_and_scales_split_over_threads(batch, n_threads, monkeypatch):
+    """The blocked GlobalAveragePool and channel-scaling Mul split their blocks over the threads (native
+    from the second run); every run gives the one-thread result, bit for bit."""
+    from bninfer import threads
+    b = Builder(7)
+    x = _mb_conv(b, b.conv("x", 3, 40, k=3, stride=1), 40, 4)  # 160 channels: 10 blocks to share out
+    model = b.model({"x": [batch, 3, 12, 13]}, [b.node("GlobalAveragePool", [b.conv(x, 40, 24, k=1)])])
+    feeds = {"x": np.random.default_rng(2).standard_normal((batch, 3, 12, 13)).astype(np.float32)}
+    split_kernels = []
+    real = threads.split_calls
+
+    def spy(calls, n, *a, **k):
+        split_kernels.append(calls(0, n)[0][0])
+        return real(calls, n, *a, **k)
+    monkeypatch.setattr(threads, "split_calls", spy)
+    ours, parts, native = _split_run(model, feeds, n_threads, monkeypatch)
+    assert BK.global_avg in split_kernels and BK.scale_channels in split_kernels
+    assert native and max(native) == n_threads
+    from tests.test_threads import _session
+    np.testing.assert_array_equal(ours, _session(model, 1).run(None, feeds)[0])
+
+
 def test_a_mul_that_is_not_per_channel_or_shared_keeps_its_value_nchw():
     b = Builder(6)
     x = b.conv("x", 3, 16, k=1)
