@@ -447,7 +447,7 @@ def test_split_layers_are_packed_though_every_run_feeds_a_new_array(monkeypatch)
             out = sess.run(None, {"x": feeds["x"].copy()} if fresh else feeds)[0]
             np.testing.assert_array_equal(out, want)
         counts.append(len(packed_runs))
-    assert counts[0] == counts[1] == 3  # stem, depthwise, 1x1
+    assert counts[0] == counts[1] == 4  # stem, depthwise, 1x1, the pool of the blocked 1x1 output
 
 
 def _session(model, n):
