@@ -142,13 +142,14 @@ def build(node, ins, outs, marks: Marks | None = None):
         else:
             r = _EMPTY
         y = o[0].reshape(-1) if scratch_y is None else scratch_y.get()
-        if border:
-            record.call(BK.zero_border, y, N * nob, OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3], *y_pads)
 
         def outside():  # what the parts' calls read beyond the layer's own arrays (the stem reads x only to pad it)
             return threads.owners(r, y) + tuple(i[1:] if kind == "stem" else i) + tuple(o)
         for n in range(N):
-            calls, count, native = part_of(x, r, y, n)
+            calls, count, native, clears_border = part_of(x, r, y, n)
+            if border and not clears_border:
+                record.call(BK.zero_border, y[n * ys:(n + 1) * ys], nob, OH + y_pads[0] + y_pads[2],
+                            OW + y_pads[1] + y_pads[3], *y_pads)
             threads.split_calls(calls, count, macs, 1, None if native is None else tables[n],
                                 lambda: outside() + native)
         if scratch_y is not None:
@@ -192,15 +193,20 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
              for kern, nb, first, wk in runs for k in range(len(wk) // (cin * nb * BK.CB))]
 
     groups = max(1, P // PIXEL_GRAIN)
+    border = any(y_pads)
+    OHp, OWp = OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3]
 
     def part_of(x, r, y, n):
-        """(calls, count, native): threads.split_calls' calls(a, b) over [0, count), and the owners of
-        the arrays beyond r and y those calls read (None: the calls cannot run natively)."""
+        """(calls, count, native, clears_border): threads.split_calls' calls(a, b) over [0, count), the
+        owners of the arrays beyond r and y those calls read (None: the calls cannot run natively), and
+        whether the calls zero the output's border (split over output blocks, each part zeroes its own
+        blocks' border: at 2 threads the caller's serial zeroing had cost 40 us a layer, most of it
+        cache lines the other core held)."""
         xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
-        def units_over(u0, u1, q0, q1):  # units [u0, u1) over pixels [q0, q1); a kernel's units in one call
-            calls = []
+        def units_over(u0, u1, q0, q1, clear=False):  # units [u0, u1) over pixels [q0, q1); a kernel's units
+            calls = []                                     # in one call (clear: their blocks' border first)
             u = u0
             while u < u1:
                 kern, nb, b0, wk, w0 = units[u]
@@ -209,6 +215,8 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
                     v += 1
                 b1 = b0 + (v - u) * nb
                 c0, c1 = b0 * BK.CB, b1 * BK.CB
+                if clear:
+                    calls.append((BK.zero_border, (yn[b0 * yplane:b1 * yplane], b1 - b0, OHp, OWp, *y_pads)))
                 calls.append((kern, (xn, wk[w0:w0 + (v - u) * cin * nb * BK.CB], yn[b0 * yplane:b1 * yplane], cin,
                                      b1 - b0, P, q0, q1, yoff, yplane, b[c0:c1], rn[c0 * P:c1 * P] if has_res else rn,
                                      has_res, alpha[c0:c1], beta, has_post, ps[c0:c1], pt[c0:c1])))
@@ -219,11 +227,11 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
             return units_over(0, len(units), g0 * PIXEL_GRAIN, P if g1 == groups else g1 * PIXEL_GRAIN)
 
         if _even_units(len(units), threads.current_size()):
-            return (lambda u0, u1: units_over(u0, u1, 0, P)), len(units), threads.owners(x)
+            return (lambda u0, u1: units_over(u0, u1, 0, P, border)), len(units), threads.owners(x), border
         # too few output blocks to share out evenly (a projection to 16-64 channels, or 5 units of 144
         # channels over 2 threads): each thread takes a run of pixels through every block instead, reading
         # all the weights and its share of the input
-        return pixels, groups, threads.owners(x)
+        return pixels, groups, threads.owners(x), False
     return part_of, cout * cin * P
 
 
@@ -269,7 +277,7 @@ def _dense(g, ep, y_pads, wdata, vec):
                                      r0, r1, yoff, yplane, b[c0:c1], rn[c0 * OH * OW:c1 * OH * OW] if has_res else rn,
                                      has_res, alpha[c0:c1], beta, has_post, ps[c0:c1], pt[c0:c1])))
             return calls
-        return rows, OH, (xp,)
+        return rows, OH, (xp,), False
     return part_of, cout * cin * KH * KW * OH * OW
 
 
@@ -306,7 +314,7 @@ def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
                             yn[b0 * yblock:b1 * yblock], b1 - b0, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW,
                             b[c0:c1], rn[b0 * rblock:b1 * rblock] if has_res else rn, has_res, alpha[c0:c1], beta,
                             has_post, ps[c0:c1], pt[c0:c1]))]
-        return part, nb, (threads.owners(x) if x_padded else None)
+        return part, nb, (threads.owners(x) if x_padded else None), False
     # the blocked depthwise kernel runs at about half a 1x1 layer's speed: its work counts twice. (Ten
     # times, as for the NCHW kernel, split 25 us layers in two: handing a part to a worker costs 10-20 us
     # here, and MobileNetV2's 14x14 depthwise layers ran twice as long on two threads as on one.)
