@@ -147,6 +147,38 @@ def test_pointwise_span_activation_over_pixel_ranges(h, w, pads):
     assert np.isnan(np.delete(out.reshape(nob, yplane // 16, 16), yoff // 16, axis=1)).all()
 
 
+@pytest.mark.parametrize("act", [A.SWISH, A.HARD_SWISH, A.SIGMOID])
+def test_a_span_over_a_padded_output_leaves_its_zero_border_zero(act):
+    """SiLU's span runs across the zero border between stored rows (one run instead of one a row); a
+    code whose form does not map 0 to 0 (Sigmoid) still runs row by row: the border stays zero either way."""
+    rng = np.random.default_rng(act)
+    cin, cout, h, w, pads = 20, 24, 7, 7, (1, 1, 1, 1)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    wt = rng.standard_normal((cout, cin)).astype(np.float32) * 0.3
+    nob = BK.blocks(cout)
+    kern = CD.compile_now(BK.pointwise_kernel(1, 5, act, True), BK.PW_SIG)
+    bias, _, ps, pt = _epilogue_operands(rng, cout)
+    alpha = BK.padded_vector(np.full(cout, 1.0), cout)
+    yoff, yplane = BK.out_offsets(h, w, pads)
+    out = np.zeros(nob * yplane, np.float32)
+    kern(_to_blocked(x), BK.pack_weights_pw(wt, 1), out, cin, nob, h * w, 0, h * w, yoff, yplane, bias,
+         np.zeros(1, np.float32), False, alpha, 0.0, False, ps, pt)
+    z = np.einsum("oc,chw->ohw", wt.astype(np.float64), x) + bias[:cout, None, None]
+    np.testing.assert_allclose(_from_blocked(out, cout, h, w, pads), ACTS.get(act, lambda v, a: 1 / (1 + np.exp(-v)))(
+        z.reshape(cout, -1), alpha[:cout]).reshape(cout, h, w), rtol=1e-5, atol=1e-5)
+    border = np.delete(out.reshape(nob, yplane // 16, 16), yoff // 16, axis=1)
+    assert not border.any() and not np.signbit(border).any()
+
+
+@pytest.mark.parametrize("code", sorted(A.SPAN_ZERO_AT_ZERO))
+def test_the_span_codes_said_to_map_zero_to_zero_do(code):
+    A.compile_span(code)
+    for alpha in (1.0, 0.5, 1.7):
+        buf = np.zeros(48, np.float32)
+        A.SPANS[code](buf, 0, 48, np.float32(alpha), np.float32(0.0), 0.0, False, np.float32(1), np.float32(0))
+        assert not buf.any() and not np.signbit(buf).any(), (code, alpha)
+
+
 @pytest.mark.parametrize("nb,rp,cout", [(2, 8, 32), (1, 14, 16)])
 @pytest.mark.parametrize("cuts", [(16,), (16, 48), (30, 50, 64)])
 def test_pointwise_kernel_over_pixel_ranges_gives_the_whole_layer(nb, rp, cout, cuts):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from ..activations import INLINE_CODES, NONE, activate_inline, activate_span, compile_span
+from ..activations import INLINE_CODES, NONE, SPAN_ZERO_AT_ZERO, activate_inline, activate_span, compile_span
 from ..kernel_cache import named
 from ..memory import aligned_copy
 from .conv_direct import _FASTMATH, stack_f32
@@ -164,7 +164,8 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
     moved back to end at Q1 (recomputing a few pixels with the same sums: out never shares memory with
     x or res). ACT: one of INLINE_CODES is applied in the store; any other code runs afterwards, a
     loop-vectorized span over the tile's stored pixels (then has_post must be False: the span's affine
-    is not per channel). LANES = HALF (NB 1): the block's upper 8 lanes are padding (a layer of 24 or 40
+    is not per channel); a code of SPAN_ZERO_AT_ZERO runs across the border between stored rows, which
+    must hold zeros (zero_border) before the call. LANES = HALF (NB 1): the block's upper 8 lanes are padding (a layer of 24 or 40
     channels on AVX2); the tile sums only the lower 8, over more pixels, and stores the upper ones as
     the whole-block kernel does with their zero weights: act(bias + res) (* ps + pt)."""
     assert LANES == CB or (LANES == HALF and NB == 1)
@@ -173,6 +174,7 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
     if k is not None:
         return k
     IACT = ACT if ACT in INLINE_CODES else NONE  # any other code: a span over the stored tile
+    ACROSS = ACT in SPAN_ZERO_AT_ZERO  # the span may run over the zero border between stored rows
     compile_span(ACT)  # loop-vectorized, linked by this kernel
     COB = NB * CB
     NACC = COB * RP
@@ -247,12 +249,15 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
                                 ob = og * NB + b
                                 r0 = ob * yplane + yoff[pa]
                                 r1 = r0 + CB
-                                for p in range(pa + 1, pe):
-                                    u = ob * yplane + yoff[p]
-                                    if u != r1:
-                                        activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
-                                        r0 = u
-                                    r1 = u + CB
+                                if ACROSS:  # the border is zeroed before the layer's tiles are stored
+                                    r1 = ob * yplane + yoff[pe - 1] + CB
+                                else:
+                                    for p in range(pa + 1, pe):
+                                        u = ob * yplane + yoff[p]
+                                        if u != r1:
+                                            activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
+                                            r0 = u
+                                        r1 = u + CB
                                 activate_span(ACT, out, r0, r1, a0, hi, beta, has_post, one, zero)
                             pa = pe
     if cache:
