@@ -4,7 +4,8 @@ Numba stamps a cached function with the hash of its own source file only, but bn
 the activation table and helpers from other files: after an upgrade that changed only those, Numba would
 load stale machine code and answer silently wrong. bninfer's functions therefore get a locator whose
 stamp is the hash of every source file the kernels are built from (and of vector_width.py, which
-decides how wide they vectorize), and whose directory is bninfer's own
+decides how wide they vectorize, and tiles.py, whose host table gives a kernel module a constant: the
+one-row product's prefetch distance), and whose directory is bninfer's own
 (BNINFER_CACHE_DIR, else the user cache dir), so a read-only install still caches.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numba
 from numba.core import caching
 
 PACKAGE = Path(__file__).resolve().parent
-SOURCES = ["activations.py", "kernels", "vector_width.py"]
+SOURCES = ["activations.py", "kernels", "vector_width.py", "tiles.py"]
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from bninfer import kernel_cache
 
 SCRIPT = textwrap.dedent("""
@@ -46,7 +48,8 @@ def test_second_process_loads_from_cache(tmp_path):
     assert any((tmp_path / "cache" / stamps[0]).rglob("*.nbi"))
 
 
-def test_stamp_changes_when_an_inlined_source_changes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("changed", ["activations.py", "tiles.py"])  # inlined; a kernel module's constant
+def test_stamp_changes_when_an_inlined_source_changes(changed, tmp_path, monkeypatch):
     import shutil
     copy = tmp_path / "bninfer"
     copy.mkdir()
@@ -57,7 +60,7 @@ def test_stamp_changes_when_an_inlined_source_changes(tmp_path, monkeypatch):
     kernel_cache.sources_hash.cache_clear()
     try:
         before = kernel_cache.sources_hash()
-        with open(copy / "activations.py", "a") as f:
+        with open(copy / changed, "a") as f:
             f.write("\n# changed\n")
         kernel_cache.sources_hash.cache_clear()
         assert kernel_cache.sources_hash() != before

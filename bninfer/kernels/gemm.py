@@ -21,6 +21,7 @@ from llvmlite import ir
 from numba import njit, types, uint64
 from numba.extending import intrinsic
 
+from .. import tiles
 from ..activations import CLIP, LEAKY_RELU, NONE, PRELU, RELU, apply
 
 
@@ -30,11 +31,11 @@ COLUMN_BLOCK = 2048
 
 
 # One-row products over narrow weight rows (at most NARROW_ROW columns, MNIST's 9216 x 128) prefetch the
-# rows PREFETCH_BYTES ahead, four rows a pass: from memory, 9216 x 128 took 330 us without, 240 with.
-# Wider rows take eight rows a pass and no prefetch (with it they gained at most 5 %, or lost: 512 x 4096
-# 313 -> 357 us): the hardware prefetcher follows eight streams on its own.
+# rows PREFETCH_BYTES ahead (the host's, bninfer.tiles), four rows a pass: from memory, 9216 x 128 took
+# 330 us without, 240 with (Zen 5). Wider rows take eight rows a pass and no prefetch (with it they gained
+# at most 5 %, or lost: 512 x 4096 313 -> 357 us): the hardware prefetcher follows eight streams on its own.
 NARROW_ROW = 256
-PREFETCH_BYTES = 16384
+PREFETCH_BYTES = tiles.HOST.gemv_prefetch_bytes
 
 
 @intrinsic
