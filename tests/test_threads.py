@@ -699,6 +699,25 @@ def test_run_tables_runs_a_sleeping_workers_part_itself_if_it_has_not_started():
     np.testing.assert_array_equal(y, [1.5] * 5 + [-2.0] * 5)
 
 
+def test_every_part_runs_exactly_once_as_workers_sleep_wake_and_race_their_caller():
+    """Hand-overs (native and from Python) to a worker that now spins, now sleeps, now is being woken:
+    parts taken back by the caller and parts the worker takes race over the same word. An adding kernel
+    shows a part run twice or never."""
+    from bninfer import threads
+    y, packed, own, tasks = _adding_tables()
+    pool = threads.Workers(2)
+    rng = np.random.default_rng(0)
+    n = 1500
+    for _ in range(n):
+        if rng.random() < 0.03:
+            time.sleep(0.001 + rng.random() * 0.002)  # past the worker's ~1 ms spin: it sleeps
+        if rng.random() < 0.3:
+            pool.wake()
+        if pool.hand_over(own, tasks) is None:
+            pool.run_tables([own, int(tasks[0])])
+    np.testing.assert_array_equal(y, [1.5 * n] * 5 + [-2.0 * n] * 5)
+
+
 def test_a_part_taken_back_by_its_caller_is_published_done_unrun():
     from bninfer.kernels.spin import TAKEN, serve_wait
     done_i, asleep_i, posted_i, seen_i, task_i = 1, 3, 0, 6, 5
