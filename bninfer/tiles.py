@@ -31,7 +31,9 @@ class Tiles:
     # the blocked layout's kernels, one 16-channel block per tile: pixels per tile to choose from (None:
     # the AVX-512 rules below, pairs of blocks where the layer has them)
     blocked_rp: tuple[int, ...] | None  # 1x1 kernel
-    blocked_half_rp: int | None         # 1x1 kernel, a last block of 8 channels or fewer (None: whole blocks)
+    # 1x1 kernel, a last block of 8 channels or fewer: pixels per tile of that block alone, and of it with
+    # the block before (24 lanes) (None: whole blocks)
+    blocked_half_rp: tuple[int, int] | None
     stem_rp: tuple[int, ...] | None     # few-input-channel dense kernel (rows of at least 14 pixels)
     blocked_dw_rw: tuple[int, ...] | None  # depthwise kernel (rows of at least 6 pixels)
     short_dw_rw: tuple[int, ...]       # NCHW depthwise of short rows (16 channels a vector): pixels per tile
@@ -60,7 +62,7 @@ WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_
 # AVX-512 hosts' choice) from L3, 162 against 178 us, and alike from memory (630 us).
 NARROW = Tiles("avx2", direct_rw=(4, 5), direct_rw_16=(4, 5), direct_cob=16,
                pointwise=((6, 16),), rowvec=(4, 16), winograd_rt=(2,), winograd_min_size=7, blocked_rp=(6, 5),
-               blocked_half_rp=8, stem_rp=(6, 4), blocked_dw_rw=(6, 5, 4), short_dw_rw=(6, 5, 4),
+               blocked_half_rp=(8, 3), stem_rp=(6, 4), blocked_dw_rw=(6, 5, 4), short_dw_rw=(6, 5, 4),
                gemv_prefetch_bytes=4096)
 
 
@@ -106,13 +108,17 @@ def blocked_pw_tiles(nob: int, pixels: int, table: Tiles | None = None) -> list[
     return pairs + ([(1, rp, nob - 1, 1)] if nob % 2 else [])
 
 
-def blocked_pw_half(cout: int, table: Tiles | None = None) -> int | None:
-    """Pixels per tile for the last of cout's 16-channel blocks when it holds 8 channels or fewer and the
-    table sums such a block in half-block tiles (NARROW: one ymm of 8 lanes x 8 pixels), else None. On
-    AVX2 a 24-channel 1x1 output took 16-19 % less time so (96->24 and 144->24 at 56x56, 240->40 at
-    28x28; 8 pixels ran 0-25 % faster than 10 or 12); on AVX-512 a block is one vector anyway."""
+def blocked_pw_half(cout: int, table: Tiles | None = None) -> tuple[int, int] | None:
+    """(blocks, pixels) of the tile for the last of cout's 16-channel blocks when it holds 8 channels or
+    fewer and the table sums such a block in its own tiles (NARROW), else None: with the block before it
+    where there is one (24 lanes: 3 ymm x 3 pixels), alone otherwise (one ymm x 8 pixels). On AVX2 the
+    96->24 and 144->24 1x1 layers at 56x56 ran 10-12 % faster in 24-lane tiles than a whole block and a
+    half one each in its own pass over the input, and 16-19 % faster so than as two whole blocks;
+    144->40 and 240->40 at 28x28 5 %. On AVX-512 a block is one vector anyway."""
     rp = (table or HOST).blocked_half_rp
-    return rp if rp is not None and 0 < cout % 16 <= 8 else None
+    if rp is None or not 0 < cout % 16 <= 8:
+        return None
+    return (2, rp[1]) if cout > 16 else (1, rp[0])
 
 
 def stem_tiles(nob: int, ow: int, table: Tiles | None = None) -> list[tuple[int, int, int, int]]:

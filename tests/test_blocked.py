@@ -76,14 +76,19 @@ def test_pointwise_kernel_matches_numpy(cin, cout, h, w, x_blocked, act, res, po
 @pytest.mark.parametrize("cout,cin,h,w", [(24, 144, 9, 10), (40, 17, 5, 7), (8, 16, 4, 4), (72, 40, 7, 7)])
 @pytest.mark.parametrize("x_blocked", [True, False])
 @pytest.mark.parametrize("act,res,post", [(A.CLIP, True, False), (A.LEAKY_RELU, False, True), (A.SWISH, True, False)])
-def test_a_half_block_tile_writes_what_the_whole_block_tile_writes(cout, cin, h, w, x_blocked, act, res, post):
-    """LANES=HALF sums only a last block's lower 8 lanes, over 8 pixels a tile; each output's sum runs
-    over the same inputs in the same order, and the padding lanes get act(bias + res) as zero weights
-    give: every float, padding and border included, equals the whole-block kernel's."""
+@pytest.mark.parametrize("nb,rp", [(1, 8), (2, 3)])
+def test_a_half_block_tile_writes_what_the_whole_block_tile_writes(cout, cin, h, w, x_blocked, act, res, post, nb, rp):
+    """LANES=HALF sums only the tile's last block's lower 8 lanes (alone over 8 pixels a tile, or with the
+    block before it over 3); each output's sum runs over the same inputs in the same order, and the
+    padding lanes get act(bias + res) as zero weights give: every float, padding and border included,
+    equals the whole-block kernel's."""
     rng = np.random.default_rng(cout + cin)
     P, nob = h * w, BK.blocks(cout)
+    if nob < nb:
+        pytest.skip("one block only")
     x = rng.standard_normal((cin, h, w)).astype(np.float32)
-    wt = BK.pack_weights_pw(rng.standard_normal((cout, cin)).astype(np.float32), 1)
+    wfull = rng.standard_normal((cout, cin)).astype(np.float32)
+    wt = BK.pack_weights_pw(wfull, 1)
     r = _to_blocked(rng.standard_normal((cout, h, w)).astype(np.float32))
     bias, alpha, ps, pt = _epilogue_operands(rng, cout)
     if act == A.SWISH:
@@ -91,14 +96,15 @@ def test_a_half_block_tile_writes_what_the_whole_block_tile_writes(cout, cin, h,
     yoff, yplane = BK.out_offsets(h, w, (1, 0, 2, 1))
     xin = _to_blocked(x) if x_blocked else x.reshape(-1)
     whole = CD.compile_now(BK.pointwise_kernel(1, 6, act, x_blocked), BK.PW_SIG)
-    half = CD.compile_now(BK.pointwise_kernel(1, 8, act, x_blocked, LANES=BK.HALF), BK.PW_SIG)
+    half = CD.compile_now(BK.pointwise_kernel(nb, rp, act, x_blocked, LANES=BK.HALF), BK.PW_SIG)
     want, got = (np.full(nob * yplane, np.nan, np.float32) for _ in range(2))
     whole(xin, wt, want, cin, nob, P, 0, P, yoff, yplane, bias, r, res, alpha, 6.0, post, ps, pt)
-    last = slice((nob - 1) * 16, nob * 16)
-    if nob > 1:
-        whole(xin, wt, got, cin, nob - 1, P, 0, P, yoff, yplane, bias, r, res, alpha, 6.0, post, ps, pt)
-    half(xin, wt[(nob - 1) * cin * 16:], got[(nob - 1) * yplane:], cin, 1, P, 0, P, yoff, yplane, bias[last],
-         r[(nob - 1) * 16 * P:] if res else r, res, alpha[last], 6.0, post, ps[last], pt[last])
+    first = nob - nb  # the half kernel's blocks: the last nb
+    last = slice(first * 16, nob * 16)
+    if first:
+        whole(xin, wt, got, cin, first, P, 0, P, yoff, yplane, bias, r, res, alpha, 6.0, post, ps, pt)
+    half(xin, BK.pack_weights_pw(wfull[first * 16:], nb), got[first * yplane:], cin, nb, P, 0, P, yoff, yplane,
+         bias[last], r[first * 16 * P:] if res else r, res, alpha[last], 6.0, post, ps[last], pt[last])
     np.testing.assert_array_equal(got, want)
     assert np.isfinite(_from_blocked(got, nob * 16, h, w, (1, 0, 2, 1))).all()
 

@@ -38,7 +38,8 @@ def test_every_tile_leaves_registers_for_its_loads_and_broadcasts(name):
         assert fits(blocks * BK.CB // lanes, 8) if rps is None else fits(BK.CB // lanes, max(rps))
     assert fits(16 // lanes, max(t.short_dw_rw))
     if t.blocked_half_rp is not None:
-        assert fits(BK.HALF // lanes, t.blocked_half_rp)
+        alone, pair = t.blocked_half_rp
+        assert fits(BK.HALF // lanes, alone) and fits((BK.CB + BK.HALF) // lanes, pair)
 
 
 def test_the_host_takes_the_table_of_its_vector_width():
@@ -118,15 +119,21 @@ def test_short_depthwise_rows_take_the_tables_tile(table, monkeypatch):
 
 @pytest.mark.parametrize("size", [(9, 11), (16, 16)])
 def test_a_depthwise_separable_chain_runs_blocked_with_the_tables_tiles(table, size, monkeypatch):
-    pw = _spy(monkeypatch, BK, "pointwise_kernel")
+    pw, lanes = [], []
+    real = BK.pointwise_kernel
+    monkeypatch.setattr(BK, "pointwise_kernel", lambda *a, **k: pw.append(a) or lanes.append(k.get("LANES"))
+                        or real(*a, **k))
     dw = _spy(monkeypatch, BK, "depthwise_kernel")
     stem = _spy(monkeypatch, BK, "dense_kernel")
     _check(*_mobile_net(size=size))
     assert pw and dw and len(stem) == (size[1] >= conv_blocked.STEM_MIN_WIDTH)
-    nb = {a[0] for a in pw} | {a[6] for a in stem}
+    whole = [a for a, n in zip(pw, lanes) if n != BK.HALF]
+    halves = {a[:2] for a, n in zip(pw, lanes) if n == BK.HALF}
+    nb = {a[0] for a in whole} | {a[6] for a in stem}
     assert nb == ({1} if table.blocked_rp is not None else {1, 2})  # AVX2: one block a tile
     if table.blocked_rp is not None:
-        assert {a[1] for a in pw} <= {*table.blocked_rp, table.blocked_half_rp}  # the 24-channel blocks: half
+        assert {a[1] for a in whole} <= set(table.blocked_rp)
+        assert halves == {(2, table.blocked_half_rp[1])}  # 24-channel outputs: the last block and the half
         assert {a[6] for a in dw} <= set(table.blocked_dw_rw)
         assert {a[7] for a in stem} <= set(table.stem_rp)
 
@@ -137,13 +144,16 @@ def test_small_image_1x1_convs_take_the_tables_blocked_tiles(table, monkeypatch)
     monkeypatch.setattr(BK, "pointwise_kernel", lambda *a, **k: pw.append(a) or lanes.append(k.get("LANES"))
                         or real(*a, **k))
     _check(*_resnet_tail(40, 72, 7, 1))  # 72 channels: four blocks and a half
-    assert pw and {a[0] for a in pw} == ({1} if table.blocked_rp is not None else {1, 2})
-    halves = [a[1] for a, n in zip(pw, lanes) if n == BK.HALF]
-    assert halves == ([table.blocked_half_rp] * 2 if table.blocked_half_rp else [])
+    whole = {a[0] for a, n in zip(pw, lanes) if n != BK.HALF}
+    assert pw and whole == ({1} if table.blocked_rp is not None else {1, 2})
+    halves = [a[:2] for a, n in zip(pw, lanes) if n == BK.HALF]
+    assert halves == ([(2, table.blocked_half_rp[1])] * 2 if table.blocked_half_rp else [])
 
 
-@pytest.mark.parametrize("cout,half", [(24, True), (40, True), (8, True), (20, True), (72, True), (16, False),
-                                       (32, False), (28, False), (25, False)])
-def test_a_last_block_of_8_channels_or_fewer_takes_half_block_tiles_on_avx2(cout, half):
-    assert tiles.blocked_pw_half(cout, tiles.NARROW) == (tiles.NARROW.blocked_half_rp if half else None)
+@pytest.mark.parametrize("cout,want", [(24, 2), (40, 2), (8, 1), (5, 1), (20, 2), (72, 2), (16, None), (32, None),
+                                       (28, None), (25, None)])
+def test_a_last_block_of_8_channels_or_fewer_takes_tiles_of_its_own_on_avx2(cout, want):
+    """With the block before it where there is one (24 lanes), alone otherwise."""
+    alone, pair = tiles.NARROW.blocked_half_rp
+    assert tiles.blocked_pw_half(cout, tiles.NARROW) == {None: None, 1: (1, alone), 2: (2, pair)}[want]
     assert tiles.blocked_pw_half(cout, tiles.WIDE) is None

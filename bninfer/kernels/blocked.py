@@ -165,10 +165,11 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
     x or res). ACT: one of INLINE_CODES is applied in the store; any other code runs afterwards, a
     loop-vectorized span over the tile's stored pixels (then has_post must be False: the span's affine
     is not per channel); a code of SPAN_ZERO_AT_ZERO runs across the border between stored rows, which
-    must hold zeros (zero_border) before the call. LANES = HALF (NB 1): the block's upper 8 lanes are padding (a layer of 24 or 40
-    channels on AVX2); the tile sums only the lower 8, over more pixels, and stores the upper ones as
-    the whole-block kernel does with their zero weights: act(bias + res) (* ps + pt)."""
-    assert LANES == CB or (LANES == HALF and NB == 1)
+    must hold zeros (zero_border) before the call. LANES = HALF: the tile's last block has padding in
+    its upper 8 lanes (a layer of 24 or 40 channels on AVX2); the tile sums only the lanes before them
+    (8 x more pixels for one block, 24 x fewer for two) and stores the padding lanes as the whole-block
+    kernel does with their zero weights: act(bias + res) (* ps + pt)."""
+    assert LANES == CB or LANES == HALF
     key = ("pw", NB, RP, ACT, XB) + ((LANES,) if LANES != CB else ())
     k = _KERNELS.get(key) if cache else None
     if k is not None:
@@ -209,7 +210,7 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
                         wo = np.uint64(wb + ci * COB)
                         for j in range(RP):
                             xv = x[xo + np.uint64(j) * xstep]
-                            for c in range(COB if LANES == CB else LANES):  # a half block's upper lanes stay 0
+                            for c in range((NB - 1) * CB + LANES):  # a last half block's upper lanes stay 0
                                 acc[j * COB + c] += xv * w[wo + np.uint64(c)]
                     for b in range(NB):
                         ob = og * NB + b

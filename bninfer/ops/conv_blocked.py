@@ -172,17 +172,18 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     w = np.zeros((nob * BK.CB, cin), np.float32)
     w[:cout] = np.asarray(wdata, np.float32).reshape(cout, cin)
     # one kernel per run of blocks (pairs, then an odd last one; a last block of 8 channels or fewer may
-    # take half-block tiles): (kernel, nb, first block, packed weights)
+    # take tiles of its own, with the block before it): (kernel, nb, first block, packed weights)
     half = tiles.blocked_pw_half(cout)
-    whole = nob - (half is not None)
+    whole = nob - (half[0] if half is not None else 0)
     runs = []
     for nb, rp, first, count in tiles.blocked_pw_tiles(whole, P) if whole else []:
         kern = CD.compile_now(BK.pointwise_kernel(nb, rp, ep.code, x_blocked), BK.PW_SIG)
         rows = w[first * BK.CB:(first + count) * BK.CB]
         runs.append((kern, nb, first, BK.pack_weights_pw(rows, nb)))
     if half is not None:
-        kern = CD.compile_now(BK.pointwise_kernel(1, half, ep.code, x_blocked, LANES=BK.HALF), BK.PW_SIG)
-        runs.append((kern, 1, whole, BK.pack_weights_pw(w[whole * BK.CB:], 1)))
+        nb, rp = half
+        kern = CD.compile_now(BK.pointwise_kernel(nb, rp, ep.code, x_blocked, LANES=BK.HALF), BK.PW_SIG)
+        runs.append((kern, nb, whole, BK.pack_weights_pw(w[whole * BK.CB:], nb)))
     b, alpha, ps, pt = vec
     xs = (BK.blocks(cin) * BK.CB if x_blocked else cin) * P
     ys, rs = nob * yplane, nob * BK.CB * P
