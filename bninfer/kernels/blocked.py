@@ -202,7 +202,23 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
                     p0 = min(c0 + t * RP, c1 - RP)
                     for i in range(NACC):
                         acc[i] = 0.0
-                    for ci in range(CIN):
+                    # whole input blocks as a loop of 16 with the block's offsets hoisted: the inner loop
+                    # is then the tile's loads and FMAs and one counter, 23 instructions for 12 FMAs where
+                    # the offsets' arithmetic per channel had made 31 (960->320 and 320->1280 at 7x7 ran
+                    # 6-7 % faster, MobileNetV2 and EfficientNet-B0 2 %); the rest of a part block below
+                    c0i = CIN // CB * CB if XB else 0
+                    if XB:
+                        for cb in range(CIN // CB):
+                            xb = np.uint64((cb * P + p0) * CB)
+                            wbb = np.uint64(wb + cb * CB * COB)
+                            for cc in range(CB):
+                                xo = xb + np.uint64(cc)
+                                wo = wbb + np.uint64(cc * COB)
+                                for j in range(RP):
+                                    xv = x[xo + np.uint64(j) * xstep]
+                                    for c in range((NB - 1) * CB + LANES):
+                                        acc[j * COB + c] += xv * w[wo + np.uint64(c)]
+                    for ci in range(c0i, CIN):
                         if XB:
                             xo = np.uint64(((ci // CB) * P + p0) * CB + ci % CB)
                         else:
