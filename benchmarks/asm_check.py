@@ -1,13 +1,15 @@
 """Vector FMA and gather/scatter counts in the assembly of bninfer's specialised conv kernels.
 
     python -m benchmarks.asm_check
-Prints per kernel (its compile-time constants) the number of vfmadd*ps on zmm and ymm registers, of
-scalar vfmadd*ss, and of vgather/vscatter instructions: a healthy register-tiled kernel shows its tile's
-accumulator count of zmm FMAs in the inner loop (a multiple when LLVM unrolled the kernel-width loop) and
-no gathers or scatters; scalar FMAs come from the epilogue (post affine) and remainder paths. On an
-AVX-512 host, ymm FMAs in place of zmm ones mean the 512-bit preference (bninfer/vector_width.py) did
-not reach the kernel: each such kernel is flagged. Kernels are compiled uncached here: Numba cannot show
-the assembly of cached code.
+Prints per kernel (its compile-time constants; "host" cases: the tiles this host's table picks) the
+number of vfmadd*ps on zmm and ymm registers, of scalar vfmadd*ss, and of vgather/vscatter instructions,
+and loop_instr/fma: instructions and vector FMAs of the innermost loop with the most FMAs. A healthy
+register-tiled kernel shows its tile's accumulator count of FMAs in that loop, with little beside its
+loads (index arithmetic per iteration cost the blocked 1x1 kernel 6-7 %: 31 instructions for 12 FMAs
+where 23 do), and no gathers or scatters; scalar FMAs come from the epilogue (post affine) and remainder
+paths. On an AVX-512 host, ymm FMAs in place of zmm ones mean the 512-bit preference
+(bninfer/vector_width.py) did not reach the kernel: each such kernel is flagged. Kernels are compiled
+uncached here: Numba cannot show the assembly of cached code.
 """
 from __future__ import annotations
 
@@ -31,6 +33,42 @@ def counts(asm: str) -> dict:
             "scalar_fma": len(re.findall(r"vfmadd\w*ss", asm)),
             "gather": asm.count("vgather"), "scatter": asm.count("vscatter"),
             "stack_vec": len(re.findall(r"v\w+ps[^\n]*\(%rsp\)[^\n]*%[yz]mm|v\w+ps[^\n]*%[yz]mm[^\n]*\(%rsp\)", asm))}
+
+
+def innermost_fma_loop(asm: str) -> tuple[int, int]:
+    """(instructions, vector FMAs) of the straight-line loop (a backward jump to a label with no label
+    between) that holds the most vector FMAs: the hot loop of a register-tiled kernel. Every instruction
+    beside the tile's loads and FMAs is overhead the FMA pipes may wait on."""
+    lines = [ln.split("#")[0].strip() for ln in asm.splitlines()]
+    where = {ln[:-1]: i for i, ln in enumerate(lines) if re.fullmatch(r"\.LBB\w+:", ln)}
+    best = (0, 0)
+    for i, ln in enumerate(lines):
+        m = re.fullmatch(r"j\w+\s+(\.LBB\w+)", ln)
+        j = where.get(m.group(1), i) if m else i
+        if j >= i or any(re.fullmatch(r"\.LBB\w+:", x) for x in lines[j + 1:i]):
+            continue
+        body = [x for x in lines[j + 1:i + 1] if x and not x.startswith(".")]
+        fma = sum(bool(re.match(r"vfmadd\w*ps", x)) for x in body)
+        if fma > best[1]:
+            best = (len(body), fma)
+    return best
+
+
+def host_cases() -> dict:
+    """The tiles this host's table (bninfer/tiles.py) picks, as the models run them."""
+    from bninfer import tiles
+    t = tiles.HOST
+    rw, cot_px = t.direct_rw[0], t.pointwise[0]
+    cases = {f"host direct 3x3 s1 cib16 {t.direct_cob}x{rw} relu": ("direct", (3, 3, 1, 1, 1, 1, 16, t.direct_cob, rw, 1)),
+             f"host pointwise {cot_px[0]}ch x {cot_px[1]}px relu": ("pw", (*cot_px, 1)),
+             f"host winograd gemm {t.winograd_rt[0]} tiles": ("wgemm", (t.winograd_rt[0],))}
+    if t.blocked_rp is not None:
+        cases[f"host blocked pointwise 1 block x {t.blocked_rp[0]}px clip"] = ("bpw", (1, t.blocked_rp[0], 9))
+        cases[f"host blocked depthwise 3x3 s1 {t.blocked_dw_rw[0]}px clip"] = (
+            "bdw", (3, 3, 1, 1, 1, 1, t.blocked_dw_rw[0], 9))
+        cases[f"host blocked stem 3x3 s2 1 block x {t.stem_rp[0]}px clip"] = (
+            "bdense", (3, 3, 2, 2, 1, 1, 1, t.stem_rp[0], 9))
+    return cases
 
 
 def extra_cases() -> dict:
@@ -64,10 +102,15 @@ def main():
     cases["blocked stem 3x3 s2 2 blocks x 7px clip"] = ("bdense", (3, 3, 2, 2, 1, 1, 2, 7, 9))
     blocked = {"bpw": (BK.pointwise_kernel, BK.PW_SIG), "bdw": (BK.depthwise_kernel, BK.DW_SIG),
                "bdense": (BK.dense_kernel, BK.DENSE_SIG)}
+    cases.update(host_cases())
     for name, (kind, consts) in cases.items():
         if kind in blocked:
             make, sig = blocked[kind]
             k = CD.compile_now(make(*consts, cache=False), sig)
+        elif kind == "wgemm":
+            from bninfer.kernels import winograd as WG
+            sig = WG.GEMM_SIG
+            k = CD.compile_now(WG.gemm_kernel(*consts, cache=False), sig)
         elif kind == "direct":
             k = CD.compile_now(CD.direct_kernel(*consts, cache=False), CD.DIRECT_SIG)
             sig = CD.DIRECT_SIG
@@ -85,6 +128,7 @@ def main():
             sig = DW.DW_SIG
         asm = k.inspect_asm(sig)
         c = counts(asm)
+        c["loop_instr/fma"] = "%d/%d" % innermost_fma_loop(asm)
         flag = "  <- ymm only: half the vector width" if c["ymm_fma"] and not c["zmm_fma"] and avx512 else ""
         print(f"{name:36s} " + " ".join(f"{key}={v}" for key, v in c.items()) + flag)
 

@@ -1,0 +1,31 @@
+"""benchmarks/asm_check.py reads the hot loop out of a kernel's assembly."""
+from benchmarks.asm_check import innermost_fma_loop
+
+_ASM = """
+\tmovq\t%rax, %rbx
+.LBB0_2:
+\tvmovups\t(%rcx), %ymm1
+.LBB0_3:                                # inner loop: 2 FMAs, 5 instructions
+\tvbroadcastss\t(%rdi), %ymm2
+\tvfmadd231ps\t%ymm1, %ymm2, %ymm3
+\tvfmadd231ps\t%ymm1, %ymm2, %ymm4
+\tincq\t%r8
+\tjne\t.LBB0_3
+\tvfmadd231ps\t%ymm1, %ymm2, %ymm5
+\tjne\t.LBB0_2
+.LBB0_4:                                # a forward jump is no loop
+\tvfmadd231ps\t%ymm1, %ymm2, %ymm3
+\tvfmadd231ps\t%ymm1, %ymm2, %ymm3
+\tvfmadd231ps\t%ymm1, %ymm2, %ymm3
+\tjmp\t.LBB0_9
+.LBB0_9:
+\tretq
+"""
+
+
+def test_the_innermost_loop_with_most_fmas_is_counted():
+    assert innermost_fma_loop(_ASM) == (5, 2)
+
+
+def test_no_loop_no_count():
+    assert innermost_fma_loop("\tvfmadd231ps\t%ymm1, %ymm2, %ymm3\n\tretq\n") == (0, 0)
