@@ -72,6 +72,14 @@ def _spy(monkeypatch, module, name) -> list:
     return calls
 
 
+def _spy_pointwise(monkeypatch) -> tuple[list, list]:
+    """The positional arguments of every blocked 1x1 kernel asked for from now on, and its LANES."""
+    calls, lanes, real = [], [], BK.pointwise_kernel
+    monkeypatch.setattr(BK, "pointwise_kernel", lambda *a, **k: calls.append(a) or lanes.append(k.get("LANES"))
+                        or real(*a, **k))
+    return calls, lanes
+
+
 def _one_conv(cin, cout, size, k, stride=1, group=1, act="Relu", seed=0):
     b = Builder(seed)
     y = b.node(act, [b.conv("x", cin, cout, k=k, stride=stride, group=group)])
@@ -119,10 +127,7 @@ def test_short_depthwise_rows_take_the_tables_tile(table, monkeypatch):
 
 @pytest.mark.parametrize("size", [(9, 11), (16, 16)])
 def test_a_depthwise_separable_chain_runs_blocked_with_the_tables_tiles(table, size, monkeypatch):
-    pw, lanes = [], []
-    real = BK.pointwise_kernel
-    monkeypatch.setattr(BK, "pointwise_kernel", lambda *a, **k: pw.append(a) or lanes.append(k.get("LANES"))
-                        or real(*a, **k))
+    pw, lanes = _spy_pointwise(monkeypatch)
     dw = _spy(monkeypatch, BK, "depthwise_kernel")
     stem = _spy(monkeypatch, BK, "dense_kernel")
     _check(*_mobile_net(size=size))
@@ -139,10 +144,7 @@ def test_a_depthwise_separable_chain_runs_blocked_with_the_tables_tiles(table, s
 
 
 def test_small_image_1x1_convs_take_the_tables_blocked_tiles(table, monkeypatch):
-    pw, lanes = [], []
-    real = BK.pointwise_kernel
-    monkeypatch.setattr(BK, "pointwise_kernel", lambda *a, **k: pw.append(a) or lanes.append(k.get("LANES"))
-                        or real(*a, **k))
+    pw, lanes = _spy_pointwise(monkeypatch)
     _check(*_resnet_tail(40, 72, 7, 1))  # 72 channels: four blocks and a half
     whole = {a[0] for a, n in zip(pw, lanes) if n != BK.HALF}
     assert pw and whole == ({1} if table.blocked_rp is not None else {1, 2})
