@@ -206,6 +206,8 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
                     # is then the tile's loads and FMAs and one counter, 23 instructions for 12 FMAs where
                     # the offsets' arithmetic per channel had made 31 (960->320 and 320->1280 at 7x7 ran
                     # 6-7 % faster, MobileNetV2 and EfficientNet-B0 2 %); the rest of a part block below
+                    # (one loop of min(16, CIN - cb * 16) for both made the 24-lane tile's loop 225
+                    # instructions for its 9 FMAs)
                     c0i = CIN // CB * CB if XB else 0
                     if XB:
                         for cb in range(CIN // CB):
