@@ -35,10 +35,11 @@ def counts(asm: str) -> dict:
             "stack_vec": len(re.findall(r"v\w+ps[^\n]*\(%rsp\)[^\n]*%[yz]mm|v\w+ps[^\n]*%[yz]mm[^\n]*\(%rsp\)", asm))}
 
 
-def innermost_fma_loop(asm: str) -> tuple[int, int]:
+def innermost_fma_loop(asm: str, op: str = r"vfmadd\w*ps") -> tuple[int, int]:
     """(instructions, vector FMAs) of the straight-line loop (a backward jump to a label with no label
     between) that holds the most vector FMAs: the hot loop of a register-tiled kernel. Every instruction
-    beside the tile's loads and FMAs is overhead the FMA pipes may wait on."""
+    beside the tile's loads and FMAs is overhead the FMA pipes may wait on. (`op`: another instruction
+    to count in their place, as vmulps in a kernel compiled without contraction.)"""
     lines = [ln.split("#")[0].strip() for ln in asm.splitlines()]
     where = {ln[:-1]: i for i, ln in enumerate(lines) if re.fullmatch(r"\.LBB\w+:", ln)}
     best = (0, 0)
@@ -48,7 +49,7 @@ def innermost_fma_loop(asm: str) -> tuple[int, int]:
         if j >= i or any(re.fullmatch(r"\.LBB\w+:", x) for x in lines[j + 1:i]):
             continue
         body = [x for x in lines[j + 1:i + 1] if x and not x.startswith(".")]
-        fma = sum(bool(re.match(r"vfmadd\w*ps", x)) for x in body)
+        fma = sum(bool(re.match(op, x)) for x in body)
         if fma > best[1]:
             best = (len(body), fma)
     return best
@@ -69,6 +70,20 @@ def host_cases() -> dict:
         cases[f"host blocked stem 3x3 s2 1 block x {t.stem_rp[0]}px clip"] = (
             "bdense", (3, 3, 2, 2, 1, 1, 1, t.stem_rp[0], 9))
     return cases
+
+
+def matrix_vector_asm() -> str:
+    """The assembly of the one-row product's dot-product kernel (bninfer.kernels.gemm.matrix_vector),
+    compiled uncached on small arrays: its hot loop is eight rows' multiplies and adds, one vector each
+    (no FMAs: the kernel rounds as numpy's float32 product would, without contraction)."""
+    import numpy as np
+    from numba import njit
+
+    from bninfer.kernels import gemm
+    k = njit(nogil=True)(gemm.matrix_vector.py_func)
+    x, w, v = np.zeros((1, 16), np.float32), np.zeros(16 * 8, np.float32), np.zeros(8, np.float32)
+    k(x, w, np.zeros((1, 8), np.float32), 16, 0, 8, v, False, v, False, 0, v, 0.0, False, v, v)
+    return next(iter(k.inspect_asm().values()))
 
 
 def extra_cases() -> dict:
@@ -131,6 +146,10 @@ def main():
         c["loop_instr/fma"] = "%d/%d" % innermost_fma_loop(asm)
         flag = "  <- ymm only: half the vector width" if c["ymm_fma"] and not c["zmm_fma"] and avx512 else ""
         print(f"{name:36s} " + " ".join(f"{key}={v}" for key, v in c.items()) + flag)
+    asm = matrix_vector_asm()
+    c = counts(asm)
+    c["loop_instr/mul"] = "%d/%d" % innermost_fma_loop(asm, r"vmulps")
+    print(f"{'one-row product, 8 dot products':36s} " + " ".join(f"{key}={v}" for key, v in c.items()))
 
 
 if __name__ == "__main__":

@@ -38,13 +38,15 @@ class Tiles:
     blocked_dw_rw: tuple[int, ...] | None  # depthwise kernel (rows of at least 6 pixels)
     short_dw_rw: tuple[int, ...]       # NCHW depthwise of short rows (16 channels a vector): pixels per tile
     gemv_prefetch_bytes: int           # one-row products over narrow weight rows: how far ahead to prefetch
+    gemv_lanes: int                    # one-row products, one dot product per output: its partial sums
 
 
-# Measured on AVX-512 hosts (Zen 5 and Sapphire Rapids class): the choices bninfer was tuned with.
+# Measured on AVX-512 hosts (Zen 5 and Sapphire Rapids class): the choices bninfer was tuned with (except
+# gemv_lanes, one zmm of partial sums per output as NARROW's one ymm: not yet measured on such a host).
 WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_cob=32,
              pointwise=((12, 32), (16, 16)), rowvec=(16, 16), winograd_rt=(8, 7, 6), winograd_min_size=8,
              blocked_rp=None, blocked_half_rp=None, stem_rp=None, blocked_dw_rw=None, short_dw_rw=(8, 7, 6),
-             gemv_prefetch_bytes=16384)
+             gemv_prefetch_bytes=16384, gemv_lanes=16)
 
 # Measured on an AVX2 host (AMD EPYC, Zen 1: 16 ymm registers, one 256-bit FMA a cycle), each against the
 # WIDE choice, one layer at a time against onnxruntime (benchmarks/conv_layers): at most 12 accumulators.
@@ -58,12 +60,14 @@ WIDE = Tiles("avx512", direct_rw=(8, 7, 6), direct_rw_16=(14, 12, 8, 7), direct_
 # at 7x7, BLOCKED_RP_SLACK, made MobileNetV2 1.7 % and EfficientNet-B0 0.8-2 % faster than 4). Winograd
 # from 7x7 outputs on (stop 25: 3x3 512->512 @7 0.85-0.88 -> 1.20-1.22 x ORT, DenseNet's 128->32 @7
 # 0.80 -> 1.22, 64->64 @7 0.83 -> 1.22; the 16 tiles of a 7x7 plane compute 64 outputs for 49). The
-# MNIST classifier's 9216 x 128 one-row product prefetched 4 KB ahead ran 10 % faster than 16 KB (the
-# AVX-512 hosts' choice) from L3, 162 against 178 us, and alike from memory (630 us).
+# MNIST classifier's 9216 x 128 one-row product swept by rows and prefetched 4 KB ahead ran 10 % faster
+# than 16 KB (the AVX-512 hosts' choice) from L3, 162 against 178 us, and alike from memory (630 us);
+# as dot products (gemv_lanes: one ymm of partial sums per output, eight outputs a pass) it ran at
+# 1.6-1.8x that.
 NARROW = Tiles("avx2", direct_rw=(4, 5), direct_rw_16=(4, 5), direct_cob=16,
                pointwise=((6, 16),), rowvec=(4, 16), winograd_rt=(2,), winograd_min_size=7, blocked_rp=(6, 5),
                blocked_half_rp=(8, 3), stem_rp=(6, 4), blocked_dw_rw=(6, 5, 4), short_dw_rw=(6, 5, 4),
-               gemv_prefetch_bytes=4096)
+               gemv_prefetch_bytes=4096, gemv_lanes=8)
 
 
 def host_is_wide() -> bool:

@@ -1,4 +1,8 @@
 """benchmarks/asm_check.py reads the hot loop out of a kernel's assembly."""
+import platform
+
+import pytest
+
 from benchmarks.asm_check import innermost_fma_loop
 
 _ASM = """
@@ -29,3 +33,14 @@ def test_the_innermost_loop_with_most_fmas_is_counted():
 
 def test_no_loop_no_count():
     assert innermost_fma_loop("\tvfmadd231ps\t%ymm1, %ymm2, %ymm3\n\tretq\n") == (0, 0)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86 assembly")
+def test_the_dot_product_kernel_keeps_eight_vector_accumulators():
+    """The one-row product's hot loop: one vector multiply and add per weight row of the pass, its eight
+    partial sums in registers (a signed + unsigned index sum made it a scalar loop, 5x slower)."""
+    from benchmarks.asm_check import counts, matrix_vector_asm
+    asm = matrix_vector_asm()
+    instr, muls = innermost_fma_loop(asm, r"vmulps")
+    assert muls == 8 and instr <= 32
+    assert counts(asm)["gather"] == 0

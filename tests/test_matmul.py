@@ -385,16 +385,19 @@ def test_activation_table_codes_used():
 @pytest.mark.parametrize("op", ["Gemm", "MatMul"])
 @pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] if a else "none")
 @pytest.mark.parametrize("residual,post", [(False, False), (True, False), (True, True)])
-def test_one_row_fused_epilogue(op, act, residual, post):
-    """k = 13: three passes of four weight rows and one single row."""
-    out, ref = _fused(op, 1, 13, 17, act, residual, post)
+@pytest.mark.parametrize("k,n", [(13, 17), (37, 11)])
+def test_one_row_fused_epilogue(op, act, residual, post, k, n):
+    """13 x 17: row sweeps, three passes of four weight rows and one single row; 37 x 11 (rows at least
+    twice the outputs): dot products, a pass of eight outputs and three alone, 37 = 4 vectors + 5."""
+    out, ref = _fused(op, 1, k, n, act, residual, post)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("c_kind", [None, "N", "1", "M1", "MN"])
 @pytest.mark.parametrize("res_const", [False, True])
-def test_one_row_gemm_c_variants(c_kind, res_const):
-    out, ref = _fused("Gemm", 1, 6, 7, ("Relu", {}), True, True, c_kind=c_kind, res_const=res_const)
+@pytest.mark.parametrize("k,n", [(6, 7), (21, 9)])
+def test_one_row_gemm_c_variants(c_kind, res_const, k, n):
+    out, ref = _fused("Gemm", 1, k, n, ("Relu", {}), True, True, c_kind=c_kind, res_const=res_const)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -471,10 +474,50 @@ def test_one_row_products_over_narrow_and_wide_rows(k, n):
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
 
 
+@pytest.mark.parametrize("k,n", [(9216, 128), (37, 11), (5, 1), (8, 8), (1001, 13), (2048, 1000)])
+def test_matrix_vector_output_ranges_give_the_same_floats(k, n):
+    """The dot-product kernel over (N, K) weights: each output's sum is the same floats whether it is
+    computed in a pass of eight or alone, so any split of the outputs (as threads take them: passes of
+    eight; or not) gives bit-identical results; the epilogue applies to the range alone."""
+    from bninfer.kernels.gemm import matrix_vector
+    rng = np.random.default_rng(k * n)
+    x, w = rng.standard_normal(k).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+    bias, res, ps, pt = (rng.standard_normal(n).astype(np.float32) for _ in range(4))
+    slope = rng.standard_normal(n).astype(np.float32)
+    ref = np.where((z := w.astype(np.float64) @ x + bias + res) < 0, z * slope, z) * ps + pt
+
+    def run(cuts):
+        y = np.full(n, np.nan, np.float32)
+        for o0, o1 in zip(cuts, cuts[1:]):
+            matrix_vector(x, w.reshape(-1), y, k, o0, o1, bias, True, res, True, activations.PRELU, slope, 0.0,
+                          True, ps, pt)
+        return y
+    whole = run([0, n])
+    np.testing.assert_allclose(whole, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    for cuts in ([0, min(8, n), n], [0, n // 3, n], [0, 1, n - 1, n] if n > 2 else [0, n]):
+        np.testing.assert_array_equal(run(cuts), whole)
+
+
+@pytest.mark.parametrize("k,n,kernel", [(9216, 128, "matrix_vector"), (22, 11, "matrix_vector"),
+                                        (21, 11, "vector_matrix"), (1280, 1000, "vector_matrix")])
+def test_one_row_layers_take_the_longer_streams(k, n, kernel, monkeypatch):
+    """A batch-1 layer whose weight rows are at least twice its outputs runs as dot products over the
+    weights stored (N, K); a wider one as row sweeps over (K, N); the other kernel is never called."""
+    from bninfer.kernels import gemm
+    other = {"matrix_vector": "vector_matrix", "vector_matrix": "matrix_vector"}[kernel]
+    calls = []
+    real = getattr(gemm, kernel)
+    monkeypatch.setattr(gemm, kernel, lambda *a: (calls.append(a[3]), real(*a)))
+    monkeypatch.setattr(gemm, other, None)
+    out, ref = _fused("Gemm", 1, k, n, ("Relu", {}), True, True)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    assert calls == [k]
+
+
 def test_one_row_runtime_bias_and_threads():
-    """Gemm with a run-time C vector; a layer large enough for the threaded path (split over column ranges
-    when the workers are awake)."""
-    for k, n, c_const in [(33, 20, False), (4100, 2100, True)]:
+    """Gemm with a run-time C vector; layers large enough for the threaded path (split over row ranges, or
+    for rows at least twice the outputs over output ranges, when the workers are awake)."""
+    for k, n, c_const in [(33, 20, False), (4100, 2100, True), (9216, 160, False), (9216, 130, True)]:
         a, b, c = randn(1, k), randn(n, k), randn(n)
         node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], transB=1, alpha=0.5)
         inits = {"b": b, "c": c} if c_const else {"b": b}
@@ -487,6 +530,27 @@ def test_one_row_runtime_bias_and_threads():
         for _ in range(3):
             np.testing.assert_allclose(sess.run(None, feeds)[0], np.maximum(0.5 * a.astype(np.float64) @ b.T + c, 0),
                                        rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c_const", [False, True])
+def test_dot_product_layers_give_the_same_floats_on_any_thread_count(c_const):
+    """Outputs split over threads are each summed as on one thread: bit-identical results."""
+    k, n = 9216, 130
+    a, b, c = randn(1, k, seed=1), randn(n, k, seed=2), randn(n, seed=3)
+    node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], transB=1)
+    inits = {"b": b, "c": c} if c_const else {"b": b}
+    feeds = {"a": a} if c_const else {"a": a, "c": c}
+    model = make_model([node, helper.make_node("Relu", ["y"], ["z"])],
+                       {k_: list(v.shape) for k_, v in feeds.items()}, ["z"], inits, opset=13)
+    outs = []
+    for n_threads in (1, 2, 3):
+        so = bninfer.SessionOptions()
+        so.intra_op_num_threads = n_threads
+        sess = bninfer.InferenceSession(model.SerializeToString(), so)
+        outs += [sess.run(None, feeds)[0] for _ in range(3)]  # from Python, recorded, native
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    np.testing.assert_allclose(outs[0], np.maximum(a.astype(np.float64) @ b.T + c, 0), rtol=1e-4, atol=1e-4)
 
 
 def test_one_row_nan_propagates():
