@@ -305,10 +305,14 @@ def zero_border(y, NB, Hp, Wp, PH, PW, EH, EW):
     row = Wp * CB
     for b in range(NB):
         base = b * Hp * row
-        for i in range(base, base + PH * row):
-            y[np.uint64(i)] = 0.0
-        for i in range(base + (Hp - EH) * row, base + Hp * row):
-            y[np.uint64(i)] = 0.0
+        for q in range(base // CB, (base + PH * row) // CB):  # whole rows: 16 lanes a vector store
+            u = np.uint64(q * CB)
+            for c in range(CB):
+                y[u + np.uint64(c)] = 0.0
+        for q in range((base + (Hp - EH) * row) // CB, (base + Hp * row) // CB):
+            u = np.uint64(q * CB)
+            for c in range(CB):
+                y[u + np.uint64(c)] = 0.0
         for h in range(PH, Hp - EH):
             r = base + h * row
             for q in range(PW):  # one pixel's 16 lanes a vector store (a run-time span stayed scalar)
@@ -525,17 +529,34 @@ DENSE_SIG = (_A, _A, _A, _I, _I, _I, _I, _I, _I, _I, types.int64[::1], _I, _A, _
              types.boolean, _A, _A)
 
 
+@njit(cache=True, inline="always")
+def _copy_span(x, src, y, dst, n):
+    """y[dst:dst + n] = x[src:src + n] (uint64 offsets), whole vectors of CB floats, then the rest. Each
+    vector passes through registers (v): x and y may alias as far as LLVM knows, so a load after a store
+    could not move before it, and an element-by-element copy stayed scalar."""
+    v = stack_f32(CB)
+    i = np.uint64(0)
+    while i + np.uint64(CB) <= n:
+        for c in range(CB):
+            v[c] = x[src + i + np.uint64(c)]
+        for c in range(CB):
+            y[dst + i + np.uint64(c)] = v[c]
+        i += np.uint64(CB)
+    while i < n:
+        y[dst + i] = x[src + i]
+        i += np.uint64(1)
+
+
 @njit(cache=True, nogil=True)
 def pad_planes(x, xp, C, H, W, Hp, Wp, PH, PW):
     """x (C, H, W) flat into the interior of xp (C, Hp, Wp) at (PH, PW); the border is left as it is
-    (zero: the caller keeps it so)."""
+    (zero: the caller keeps it so). Rows copied 16 floats a step, as vectors (compiled with the loop
+    vectorizer off, a run-time span stayed scalar: MobileNetV2's 3x224x224 input took 76 us, 12 now)."""
     for c in range(C):
         for h in range(H):
             src = np.uint64((c * H + h) * W)
             dst = np.uint64((c * Hp + h + PH) * Wp + PW)
-            for i in range(W):
-                ui = np.uint64(i)
-                xp[dst + ui] = x[src + ui]
+            _copy_span(x, src, xp, dst, np.uint64(W))
 
 
 PAD_SIG = (_A, _A, _I, _I, _I, _I, _I, _I, _I)
