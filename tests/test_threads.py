@@ -96,6 +96,31 @@ SPLIT_CASES = {
 }
 
 
+@pytest.mark.parametrize("case,kernel", [("direct 3x3 s2", "pack_rows"), ("rowvec stem", "pack_rows"),
+                                         ("winograd", "pack_input"), ("pointwise", "to_blocked"),
+                                         ("pointwise", "from_blocked")])
+def test_input_packing_and_layout_copies_split_over_threads(case, kernel, monkeypatch):
+    """A layer's input packing, and a blocked 1x1's conversions of its residual and output between
+    layouts, run as splits of their own: the caller and the worker each copy their channels."""
+    from bninfer import threads
+    model, feeds = _conv_block(*SPLIT_CASES[case])
+    serial = _session(model, 1).run(None, feeds)[0]
+    ranges = set()  # the unit ranges the copy's calls were made for
+    real = threads.split_calls
+
+    def spy(calls, n, *args):
+        def watched(a, b):
+            made = calls(a, b)
+            if made and made[0][0].__name__ == kernel:
+                ranges.add((a, b, n))
+            return made
+        return real(watched, n, *args)
+    monkeypatch.setattr(threads, "split_calls", spy)
+    out, _, _ = _split_run(model, feeds, 2, monkeypatch)
+    np.testing.assert_array_equal(out, serial)
+    assert any((k, n, n) in ranges for _, k, n in ranges if 0 < k < n)  # [0, k) and [k, n): two threads' shares
+
+
 @pytest.mark.parametrize("case", sorted(SPLIT_CASES))
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_kernel_split_over_threads_gives_the_serial_result(case, n_threads, monkeypatch):
@@ -469,10 +494,13 @@ def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(
         return failed
     monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
     before = os.sched_getaffinity(0)
+    splits = []
     for _ in range(3):  # from Python, then from packed tables
+        seen = len(inside)
         sess.run(None, feeds)
+        splits.append(len(inside) - seen)  # the layer's, and its input packing's
         assert os.sched_getaffinity(0) == before
-    assert len(inside) == 3 and all(len(a) == 1 for a in inside)
+    assert min(splits) >= 1 and all(len(a) == 1 for a in inside)
     assert os.sched_getaffinity(0) == before
     with pytest.raises(bninfer.errors.BninferError):
         sess.run(None, {"x": feeds["x"][:, :3], "r": feeds["r"]})  # a bad feed: nothing to restore

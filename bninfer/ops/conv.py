@@ -65,6 +65,22 @@ class _PaddedInput:
 
 _EMPTY = np.zeros(1, np.float32)  # stands for an absent residual (never read, never written)
 
+# Packing an input (a copy, through the prologue's affine and activation where there is one) streams
+# memory: an element counts as this many multiply-adds where the thread split weighs the work (ResNet-50's
+# 64x56x56 inputs took 0.66 ns an element at 1 thread, a conv ~0.05 a multiply-add; at 2 threads its 14x14
+# copies, 50 K elements, took 80 us serial, their input in the other core's cache).
+_PACK_WEIGHT = 12
+
+
+def split_copy(copy, units: int, elements: int, tables: "threads.PartTables", i, o, *arrays) -> None:
+    """copy(u0, u1) -> [(kernel, args)]: the copy of units (channels, or blocks of them) [u0, u1) of a
+    layer's input or output of `elements` values (packing, a layout conversion), split over the run's
+    threads as a layer of its own (i, o: the step's arrays; arrays: the others the calls point into).
+    Serial, such copies were the largest serial part of a 2-thread ResNet-50 run: 29 of them, 5 ms of its
+    113, each with its worker idle."""
+    threads.split_calls(copy, units, elements * _PACK_WEIGHT, 1, tables,
+                        lambda: threads.owners(*arrays) + tuple(a for a in (*i, *o) if a is not None))
+
 
 def _err(node, msg: str) -> ModelError:
     return ModelError(f"node {node.name!r} ({node.op}): {msg}")
@@ -403,18 +419,25 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     wblock = w.size // -(-cout // cot)
     macs = cout * P * cin * KH * KW
     tables = [threads.PartTables() for _ in range(N)]
+    pack_tables = [threads.PartTables() for _ in range(N)]
+    cplane, xplane = H * W, Hp * SW * Wq
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
 
-        def outside():  # x: packed by the caller
+        def outside():  # x: packed before
             return threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)
         for n in range(N):
             if n:
                 xp[:] = 0.0
-            record.call(DWK.pack_rows, x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, SW, Wq, PH, PW, pro.has_pre,
-                        pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            xn = x[n * xs:(n + 1) * xs]
+
+            def pack(c0, c1):  # input channels [c0, c1)
+                return [(DWK.pack_rows, (xn[c0 * cplane:c1 * cplane], xp[c0 * xplane:c1 * xplane], c1 - c0, H, W, Hp,
+                                         SW, Wq, PH, PW, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
+                                         pro.alpha[c0:c1], pro.beta))]
+            split_copy(pack, cin, xs, pack_tables[n], i, o, x, xp)
             yn, rn = yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
             def part(b0, b1):  # output-channel blocks [b0, b1)
@@ -454,18 +477,25 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     wblock = w.size // nob
     macs = cout * P * cin * KH * KW
     tables = [threads.PartTables() for _ in range(N)]
+    pack_tables = [threads.PartTables() for _ in range(N)]
+    cplane, xplane = H * W, Hp * Wp
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
 
-        def outside():  # x: packed by the caller
+        def outside():  # x: packed before
             return threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)
         for n in range(N):
             if n:
                 xp[:plane] = 0.0
-            record.call(DWK.pack_rows, x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, 1, Wp, PH, PW, pro.has_pre,
-                        pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            xn = x[n * xs:(n + 1) * xs]
+
+            def pack(c0, c1):  # input channels [c0, c1)
+                return [(DWK.pack_rows, (xn[c0 * cplane:c1 * cplane], xp[c0 * xplane:c1 * xplane], c1 - c0, H, W, Hp,
+                                         1, Wp, PH, PW, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
+                                         pro.alpha[c0:c1], pro.beta))]
+            split_copy(pack, cin, xs, pack_tables[n], i, o, x, xp)
             yn, rn = yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
             def part(b0, b1):  # output-channel blocks [b0, b1)
@@ -704,18 +734,26 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     TT = TH * TW  # 2x2 output tiles
     macs = cout * OH * OW * cin * 4  # Winograd does 4/9 of the direct multiply-adds; counted as 4 per output
     tables = [threads.PartTables() for _ in range(N)]
+    pack_tables = [threads.PartTables() for _ in range(N)]
+    cplane, bplane = H * W, Hp * Wp * 16
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
         xp = padded.get()
 
-        def outside():  # x: packed by the caller
+        def outside():  # x: packed before
             return threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)
         for n in range(N):
             if n:
                 xp[:] = 0.0
-            record.call(CD.pack_input, x[n * xs:(n + 1) * xs], xp, cin, H, W, 16, Hp, Wp, PH, PW, pro.has_pre,
-                        pro.scale, pro.shift, pro.code, pro.alpha, pro.beta)
+            xn = x[n * xs:(n + 1) * xs]
+
+            def pack(b0, b1):  # blocks of 16 input channels [b0, b1)
+                c0, c1 = b0 * 16, min(b1 * 16, cin)
+                return [(CD.pack_input, (xn[c0 * cplane:c1 * cplane], xp[b0 * bplane:b1 * bplane], c1 - c0, H, W, 16,
+                                         Hp, Wp, PH, PW, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
+                                         pro.alpha[c0:c1], pro.beta))]
+            split_copy(pack, cinb, xs, pack_tables[n], i, o, x, xp)
             r = res[n * ys:(n + 1) * ys] if has_res else res
             yn = yf[n * ys:(n + 1) * ys]
 

@@ -16,7 +16,7 @@ from ..ir import Value
 from ..kernels import blocked as BK
 from ..kernels import conv_direct as CD
 from . import fusion
-from .conv import _EMPTY, _Epilogue, _PaddedInput, _bias_of, _plane, conv_geometry
+from .conv import _EMPTY, _Epilogue, _PaddedInput, _bias_of, _plane, conv_geometry, split_copy
 
 
 class Marks(NamedTuple):
@@ -125,10 +125,22 @@ def build(node, ins, outs, marks: Marks | None = None):
         part_of, macs = _depthwise(g, ep, marks.x_pads is not None, y_pads, ins[1].data, vec)
     has_res = ep.residual is not None
     scratch_y = None if marks.y else _PaddedInput(g.batch * ys)
+    assert scratch_y is None or ys == rs  # an NCHW output has no border of its own
     scratch_r = _PaddedInput(g.batch * rs) if has_res and not marks.res else None
     N = g.batch
     border = any(y_pads)
     tables = [threads.PartTables() for _ in range(N)]
+
+    res_tables = [threads.PartTables() for _ in range(N)]
+    out_tables = [threads.PartTables() for _ in range(N)]
+
+    def conversion(kern, src, dst, n, to_blocked: bool):
+        """kern's calls over output blocks [b0, b1) of image n: NCHW src -> blocked dst, or back."""
+        def blocks_of(b0, b1):
+            c0, c1 = b0 * BK.CB, min(b1 * BK.CB, cout)
+            nchw, blk = slice((n * cout + c0) * P, (n * cout + c1) * P), slice(n * rs + c0 * P, n * rs + b1 * BK.CB * P)
+            return [(kern, (src[nchw], dst[blk], c1 - c0, P) if to_blocked else (src[blk], dst[nchw], c1 - c0, P))]
+        return blocks_of
 
     def run(i, o):
         x = i[0].reshape(-1)
@@ -137,7 +149,7 @@ def build(node, ins, outs, marks: Marks | None = None):
             if scratch_r is not None:
                 rb = scratch_r.get()
                 for n in range(N):
-                    record.call(BK.to_blocked, r[n * cout * P:(n + 1) * cout * P], rb[n * rs:(n + 1) * rs], cout, P)
+                    split_copy(conversion(BK.to_blocked, r, rb, n, True), nob, cout * P, res_tables[n], i, o, r, rb)
                 r = rb
         else:
             r = _EMPTY
@@ -152,10 +164,10 @@ def build(node, ins, outs, marks: Marks | None = None):
                             OW + y_pads[1] + y_pads[3], *y_pads)
             threads.split_calls(calls, count, macs, 1, None if native is None else tables[n],
                                 lambda: outside() + native)
-        if scratch_y is not None:
+        if scratch_y is not None:  # (without y_pads: ys is rs)
             yo = o[0].reshape(-1)
             for n in range(N):
-                record.call(BK.from_blocked, y[n * ys:(n + 1) * ys], yo[n * cout * P:(n + 1) * cout * P], cout, P)
+                split_copy(conversion(BK.from_blocked, y, yo, n, False), nob, cout * P, out_tables[n], i, o, y, yo)
     return record.recordable(run)
 
 
