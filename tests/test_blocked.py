@@ -459,8 +459,9 @@ def test_a_stem_splits_its_rows_over_threads(monkeypatch):
 
 
 def test_split_layers_are_packed_though_every_run_feeds_a_new_array(monkeypatch):
-    """The stem reads the caller's array only while padding it (before its split): its parts are packed
-    as every other layer's, whether or not the feed is the same array each run."""
+    """The stem reads the caller's array only while padding it (a split of its own, before the stem's):
+    the parts of both are packed as every other layer's, whether or not the feed is the same array each
+    run."""
     from bninfer import threads
     model, feeds = _stem_net(size=(40, 36))
     monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
@@ -485,7 +486,7 @@ def test_split_layers_are_packed_though_every_run_feeds_a_new_array(monkeypatch)
             out = sess.run(None, {"x": feeds["x"].copy()} if fresh else feeds)[0]
             np.testing.assert_array_equal(out, want)
         counts.append(len(packed_runs))
-    assert counts[0] == counts[1] == 4  # stem, depthwise, 1x1, the pool of the blocked 1x1 output
+    assert counts[0] == counts[1] == 5  # the stem's padding, stem, depthwise, 1x1, the pool of the 1x1 output
 
 
 def _session(model, n):

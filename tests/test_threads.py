@@ -96,14 +96,25 @@ SPLIT_CASES = {
 }
 
 
+def _tiled_pools():
+    from onnx import helper
+
+    from tests.util import make_model
+    nodes = [helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("AveragePool", ["m"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    return make_model(nodes, {"x": [1, 24, 40, 36]}, ["y"], {}), {"x": randn(1, 24, 40, 36, seed=9)}
+
+
 @pytest.mark.parametrize("case,kernel", [("direct 3x3 s2", "pack_rows"), ("rowvec stem", "pack_rows"),
                                          ("winograd", "pack_input"), ("pointwise", "to_blocked"),
-                                         ("pointwise", "from_blocked")])
+                                         ("pointwise", "from_blocked"), ("pointwise s2", "subsample_planes"),
+                                         ("pools", "max_pool_tiled"), ("pools", "avg_pool_tiled")])
 def test_input_packing_and_layout_copies_split_over_threads(case, kernel, monkeypatch):
-    """A layer's input packing, and a blocked 1x1's conversions of its residual and output between
-    layouts, run as splits of their own: the caller and the worker each copy their channels."""
+    """A layer's input packing, a blocked 1x1's conversions of its residual and output between layouts, a
+    strided 1x1's subsampled input and the pools whose windows tile the input run as splits (the copies
+    as splits of their own): the caller and the worker each take their channels."""
     from bninfer import threads
-    model, feeds = _conv_block(*SPLIT_CASES[case])
+    model, feeds = _tiled_pools() if case == "pools" else _conv_block(*SPLIT_CASES[case])
     serial = _session(model, 1).run(None, feeds)[0]
     ranges = set()  # the unit ranges the copy's calls were made for
     real = threads.split_calls

@@ -580,8 +580,7 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 
             def take(c0, c1):
                 return [(CD.subsample_planes, (x[c0 * H * W:], xt[c0 * P:], c1 - c0, H, W, SH, SW, OH, OW))]
-            threads.split_calls(take, N * cin, N * cin * H * W, 1, take_tables,
-                                lambda: threads.owners(x, xt) + tuple(i) + tuple(o))
+            split_copy(take, N * cin, N * cin * H * W, take_tables, i, o, x, xt)
             x = xt
         yf = y.reshape(-1)
         res, has_res = ep.residual_array(i)

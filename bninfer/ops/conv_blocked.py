@@ -158,7 +158,7 @@ def build(node, ins, outs, marks: Marks | None = None):
         def outside():  # what the parts' calls read beyond the layer's own arrays (the stem reads x only to pad it)
             return threads.owners(r, y) + tuple(i[1:] if kind == "stem" else i) + tuple(o)
         for n in range(N):
-            calls, count, native, clears_border = part_of(x, r, y, n)
+            calls, count, native, clears_border = part_of(x, r, y, n, i, o)
             if border and not clears_border:
                 record.call(BK.zero_border, y[n * ys:(n + 1) * ys], nob, OH + y_pads[0] + y_pads[2],
                             OW + y_pads[1] + y_pads[3], *y_pads)
@@ -209,8 +209,9 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     border = any(y_pads)
     OHp, OWp = OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3]
 
-    def part_of(x, r, y, n):
-        """(calls, count, native, clears_border): threads.split_calls' calls(a, b) over [0, count), the
+    def part_of(x, r, y, n, i, o):
+        """For image n (i, o: the step's arrays, which a split of the part's own names, as the stem's
+        padding) (calls, count, native, clears_border): threads.split_calls' calls(a, b) over [0, count), the
         owners of the arrays beyond r and y those calls read (None: the calls cannot run natively), and
         whether the calls zero the output's border (split over output blocks, each part zeroes its own
         blocks' border: at 2 threads the caller's serial zeroing had cost 40 us a layer, most of it
@@ -282,15 +283,21 @@ def _dense(g, ep, y_pads, wdata, vec):
         runs.append((kern, first, count, BK.pack_weights_pw(w[first * BK.CB:(first + count) * BK.CB], nb)))
     CD.compile_now(BK.pad_planes, BK.PAD_SIG)
     padded = _PaddedInput(cin * Hp * Wp)
+    pad_tables = [threads.PartTables() for _ in range(g.batch)]
     b, alpha, ps, pt = vec
     xs, ys, rs = cin * H * W, nob * yplane, nob * BK.CB * OH * OW
     beta, has_post = ep.beta, ep.has_post
     has_res = ep.residual is not None
 
-    def part_of(x, r, y, n):
+    def part_of(x, r, y, n, i, o):
         """(calls, count, native), as for a 1x1 layer."""
         xp = padded.get()  # the caller's: the workers read it too
-        record.call(BK.pad_planes, x[n * xs:(n + 1) * xs], xp, cin, H, W, Hp, Wp, PH, PW)
+        xn = x[n * xs:(n + 1) * xs]
+
+        def pad(c0, c1):  # input channels [c0, c1)
+            return [(BK.pad_planes, (xn[c0 * H * W:c1 * H * W], xp[c0 * Hp * Wp:c1 * Hp * Wp], c1 - c0, H, W, Hp, Wp,
+                                     PH, PW))]
+        split_copy(pad, cin, xs, pad_tables[n], i, o, x, xp)
         yn = y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
@@ -327,7 +334,7 @@ def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
     beta, has_post = ep.beta, ep.has_post
     has_res = ep.residual is not None
 
-    def part_of(x, r, y, n):
+    def part_of(x, r, y, n, i, o):
         """(calls, count, native), as for a 1x1 layer; a copy into a thread's own scratch runs from Python
         (written when a packed part kept the packing thread's scratch; record.packing now gives each
         packed part its own, so these could be packed too: not measured yet)."""
