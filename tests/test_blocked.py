@@ -717,7 +717,8 @@ def _dw_chain_net(size=(20, 22), seed=3):
     x = b.node("Relu", [b.conv(x, 24, 24, k=3, group=24)])
     x = b.node("Relu", [b.conv(x, 24, 24, k=3, group=24)])
     rng = np.random.default_rng(seed)
-    return b.model({"x": [1, 3, *size]}, [b.conv(x, 24, 40, k=1)]), {"x": rng.standard_normal((1, 3, *size)).astype(np.float32)}
+    feeds = {"x": rng.standard_normal((1, 3, *size)).astype(np.float32)}
+    return b.model({"x": [1, 3, *size]}, [b.conv(x, 24, 40, k=1)]), feeds
 
 
 @pytest.mark.parametrize("net", ["mobile", "dw_chain"])

@@ -36,8 +36,9 @@ COLUMN_BLOCK = 2048
 
 # One-row products over narrow weight rows (at most NARROW_ROW columns) prefetch the rows PREFETCH_BYTES
 # ahead (the host's, bninfer.tiles), four rows a pass: from memory, MNIST's 9216 x 128 took 330 us without,
-# 240 with (Zen 5; the planner now gives a layer of such long rows to matrix_vector). Wider rows take eight rows a pass and no prefetch (with it they gained
-# at most 5 %, or lost: 512 x 4096 313 -> 357 us): the hardware prefetcher follows eight streams on its own.
+# 240 with (Zen 5; the planner now gives a layer of such long rows to matrix_vector). Wider rows take eight
+# rows a pass and no prefetch (with it they gained at most 5 %, or lost: 512 x 4096 313 -> 357 us): the
+# hardware prefetcher follows eight streams on its own.
 NARROW_ROW = 256
 PREFETCH_BYTES = tiles.HOST.gemv_prefetch_bytes
 

@@ -138,7 +138,8 @@ def build(node, ins, outs, marks: Marks | None = None):
         """kern's calls over output blocks [b0, b1) of image n: NCHW src -> blocked dst, or back."""
         def blocks_of(b0, b1):
             c0, c1 = b0 * BK.CB, min(b1 * BK.CB, cout)
-            nchw, blk = slice((n * cout + c0) * P, (n * cout + c1) * P), slice(n * rs + c0 * P, n * rs + b1 * BK.CB * P)
+            nchw = slice((n * cout + c0) * P, (n * cout + c1) * P)
+            blk = slice(n * rs + c0 * P, n * rs + b1 * BK.CB * P)
             return [(kern, (src[nchw], dst[blk], c1 - c0, P) if to_blocked else (src[blk], dst[nchw], c1 - c0, P))]
         return blocks_of
 

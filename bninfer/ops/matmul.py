@@ -318,6 +318,7 @@ def _matrix_vector(wt: np.ndarray, k: int, n: int, ep: "_Epilogue | None", ep_ar
 
         def outputs(p0, p1):  # passes [p0, p1)
             return [(K.matrix_vector, (x, wt, y, k, p0 * K.MV_ROWS, min(n, p1 * K.MV_ROWS), *args))]
+
         def outside():  # what the calls read that is not the layer's own
             return threads.owners(x, y, *(a for a in args if isinstance(a, np.ndarray))) + tuple(i) + tuple(o)
         threads.split_calls(outputs, -(-n // K.MV_ROWS), macs, 1, tables, outside)
