@@ -211,12 +211,12 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     OHp, OWp = OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3]
 
     def part_of(x, r, y, n, i, o):
-        """For image n (i, o: the step's arrays, which a split of the part's own names, as the stem's
-        padding) (calls, count, native, clears_border): threads.split_calls' calls(a, b) over [0, count), the
-        owners of the arrays beyond r and y those calls read (None: the calls cannot run natively), and
-        whether the calls zero the output's border (split over output blocks, each part zeroes its own
-        blocks' border: at 2 threads the caller's serial zeroing had cost 40 us a layer, most of it
-        cache lines the other core held)."""
+        """For image n: (calls, count, native, clears_border): threads.split_calls' calls(a, b) over
+        [0, count), the owners of the arrays beyond r and y those calls read (None: the calls cannot run
+        natively), and whether the calls zero the output's border (split over output blocks, each part
+        zeroes its own blocks' border: at 2 threads the caller's serial zeroing had cost 40 us a layer,
+        most of it cache lines the other core held). i, o: the step's arrays, for a copy that runs as a
+        split of its own before the parts (the stem's padding)."""
         xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
