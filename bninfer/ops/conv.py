@@ -82,6 +82,18 @@ def split_copy(copy, units: int, elements: int, tables: "threads.PartTables", i,
                         lambda: threads.owners(*arrays) + tuple(a for a in (*i, *o) if a is not None))
 
 
+def _pack_rows_by_channels(xn, xp, H: int, W: int, Hp: int, SW: int, Wq: int, PH: int, PW: int, pro):
+    """split_copy's copy(c0, c1) for depthwise.pack_rows: input channels [c0, c1) of one image's xn into
+    their planes of xp, through the prologue `pro`."""
+    cplane, xplane = H * W, Hp * SW * Wq
+
+    def pack(c0, c1):
+        return [(DWK.pack_rows, (xn[c0 * cplane:c1 * cplane], xp[c0 * xplane:c1 * xplane], c1 - c0, H, W, Hp, SW,
+                                 Wq, PH, PW, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
+                                 pro.alpha[c0:c1], pro.beta))]
+    return pack
+
+
 def _err(node, msg: str) -> ModelError:
     return ModelError(f"node {node.name!r} ({node.op}): {msg}")
 
@@ -420,7 +432,6 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     macs = cout * P * cin * KH * KW
     tables = [threads.PartTables() for _ in range(N)]
     pack_tables = [threads.PartTables() for _ in range(N)]
-    cplane, xplane = H * W, Hp * SW * Wq
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
@@ -431,12 +442,7 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         for n in range(N):
             if n:
                 xp[:] = 0.0
-            xn = x[n * xs:(n + 1) * xs]
-
-            def pack(c0, c1):  # input channels [c0, c1)
-                return [(DWK.pack_rows, (xn[c0 * cplane:c1 * cplane], xp[c0 * xplane:c1 * xplane], c1 - c0, H, W, Hp,
-                                         SW, Wq, PH, PW, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
-                                         pro.alpha[c0:c1], pro.beta))]
+            pack = _pack_rows_by_channels(x[n * xs:(n + 1) * xs], xp, H, W, Hp, SW, Wq, PH, PW, pro)
             split_copy(pack, cin, xs, pack_tables[n], i, o, x, xp)
             yn, rn = yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
@@ -478,7 +484,6 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     macs = cout * P * cin * KH * KW
     tables = [threads.PartTables() for _ in range(N)]
     pack_tables = [threads.PartTables() for _ in range(N)]
-    cplane, xplane = H * W, Hp * Wp
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
@@ -489,12 +494,7 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         for n in range(N):
             if n:
                 xp[:plane] = 0.0
-            xn = x[n * xs:(n + 1) * xs]
-
-            def pack(c0, c1):  # input channels [c0, c1)
-                return [(DWK.pack_rows, (xn[c0 * cplane:c1 * cplane], xp[c0 * xplane:c1 * xplane], c1 - c0, H, W, Hp,
-                                         1, Wp, PH, PW, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
-                                         pro.alpha[c0:c1], pro.beta))]
+            pack = _pack_rows_by_channels(x[n * xs:(n + 1) * xs], xp, H, W, Hp, 1, Wp, PH, PW, pro)
             split_copy(pack, cin, xs, pack_tables[n], i, o, x, xp)
             yn, rn = yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
