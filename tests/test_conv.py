@@ -466,3 +466,28 @@ def test_errors_surface_through_session():
     with pytest.raises(ModelError, match="too_big"):
         bninfer.InferenceSession(model.SerializeToString())
 
+
+
+@pytest.mark.parametrize("cin,cout,kernel", [(48, 6, "matrix_vector"), (12, 6, "matrix_vector"),
+                                             (6, 48, "vector_matrix"), (7, 4, "vector_matrix")])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_one_pixel_convs_take_the_one_row_kernel_of_the_longer_streams(cin, cout, kernel, batch, monkeypatch):
+    """Squeeze-excitation's 1x1 convs of a one-pixel input: dot products over (cout, cin) weights when
+    cin >= 2 cout, else row sweeps; bias and a Sigmoid fused, against onnxruntime (a session), and the
+    kernel the op calls (the op built alone, the other kernel patched out)."""
+    from onnx import helper
+
+    from bninfer import ir, ops
+    from bninfer.kernels import gemm
+    w, b, x = randn(cout, cin, 1, 1, seed=1), randn(cout, seed=2), randn(batch, cin, 1, 1, seed=3)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Sigmoid", ["c"], ["y"])]
+    model = make_model(nodes, {"x": [batch, cin, 1, 1]}, ["y"], {"w": w, "b": b})
+    assert_matches_ort(model, {"x": x})
+    other = {"matrix_vector": "vector_matrix", "vector_matrix": "matrix_vector"}[kernel]
+    monkeypatch.setattr(gemm, other, None)
+    node = ir.Node("Conv", "conv", ["x", "w", "b"], ["y"], {"activation": ("Sigmoid", {}), "pre_activation": None})
+    f32 = np.dtype(np.float32)
+    ins = [ir.Value("x", x.shape, f32), ir.Value("w", w.shape, f32, w), ir.Value("b", b.shape, f32, b)]
+    y = np.empty((batch, cout, 1, 1), np.float32)
+    ops.get("Conv").build(node, ins, [ir.Value("y", y.shape, f32)])([x, w, b], [y])
+    np.testing.assert_allclose(y, run_ort(model, {"x": x})[0], rtol=1e-5, atol=1e-6)

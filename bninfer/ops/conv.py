@@ -767,11 +767,16 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 
 def _one_pixel_conv(g: Geometry, ep: _Epilogue, bias, has_bias: bool, wdata):
     """A 1x1 conv of a one-pixel input (squeeze-excitation's convs): a matrix-vector product per image,
-    product and epilogue in one call of the one-row Gemm kernel (kernels.gemm.vector_matrix). Through
-    numpy's matmul and then the epilogue, EfficientNet-B0's 32 such layers took 5-7 us each."""
+    product and epilogue in one call of a one-row Gemm kernel (kernels.gemm), chosen as for Gemm: dot
+    products over the (cout, cin) weights when cin >= 2 cout (EfficientNet-B0's squeezes: 480 -> 20 5.6 ->
+    3.8 us, 1152 -> 48 12.4 -> 6.7 us called alone, hot; in the model within its noise), else row sweeps
+    over (cin, cout). Through numpy's matmul and then the epilogue, EfficientNet-B0's 32 such layers took
+    5-7 us each."""
     from ..kernels import gemm as GK
     cin, cout, N = g.in_channels, g.out_channels, g.batch
-    w = aligned(np.asarray(wdata, np.float32).reshape(cout, cin).T).reshape(-1)  # (cin, cout), row-major
+    w2 = np.asarray(wdata, np.float32).reshape(cout, cin)
+    dots = cin >= 2 * cout
+    w = aligned(w2 if dots else w2.T).reshape(-1)  # (cout, cin) or (cin, cout), row-major
     zeros = np.zeros(cout, np.float32)
 
     def run(i, o):
@@ -779,9 +784,12 @@ def _one_pixel_conv(g: Geometry, ep: _Epilogue, bias, has_bias: bool, wdata):
         b = _runtime_bias(i, bias)
         res, has_res = ep.residual_array(i)
         for n in range(N):
-            record.call(GK.vector_matrix, x[n:n + 1], w, y[n:n + 1], cin, cout, 0, cout, b, has_bias,
-                        res[n * cout:(n + 1) * cout] if has_res else zeros, has_res, ep.code, ep.alpha, ep.beta,
-                        ep.has_post, ep.post_scale, ep.post_shift)
+            ep_args = (b, has_bias, res[n * cout:(n + 1) * cout] if has_res else zeros, has_res, ep.code, ep.alpha,
+                       ep.beta, ep.has_post, ep.post_scale, ep.post_shift)
+            if dots:
+                record.call(GK.matrix_vector, x[n:n + 1], w, y[n:n + 1], cin, 0, cout, *ep_args)
+            else:
+                record.call(GK.vector_matrix, x[n:n + 1], w, y[n:n + 1], cin, cout, 0, cout, *ep_args)
     return record.recordable(run)
 
 
