@@ -128,9 +128,7 @@ def build(node, ins, outs, marks: Marks | None = None):
     assert scratch_y is None or ys == rs  # an NCHW output has no border of its own
     scratch_r = _PaddedInput(g.batch * rs) if has_res and not marks.res else None
     N = g.batch
-    border = any(y_pads)
     tables = [threads.PartTables() for _ in range(N)]
-
     res_tables = [threads.PartTables() for _ in range(N)]
     out_tables = [threads.PartTables() for _ in range(N)]
 
@@ -159,10 +157,7 @@ def build(node, ins, outs, marks: Marks | None = None):
         def outside():  # what the parts' calls read beyond the layer's own arrays (the stem reads x only to pad it)
             return threads.owners(r, y) + tuple(i[1:] if kind == "stem" else i) + tuple(o)
         for n in range(N):
-            calls, count, native, clears_border = part_of(x, r, y, n, i, o)
-            if border and not clears_border:
-                record.call(BK.zero_border, y[n * ys:(n + 1) * ys], nob, OH + y_pads[0] + y_pads[2],
-                            OW + y_pads[1] + y_pads[3], *y_pads)
+            calls, count, native = part_of(x, r, y, n, i, o)
             threads.split_calls(calls, count, macs, 1, None if native is None else tables[n],
                                 lambda: outside() + native)
         if scratch_y is not None:  # (without y_pads: ys is rs)
@@ -211,12 +206,12 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     OHp, OWp = OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3]
 
     def part_of(x, r, y, n, i, o):
-        """For image n: (calls, count, native, clears_border): threads.split_calls' calls(a, b) over
-        [0, count), the owners of the arrays beyond r and y those calls read (None: the calls cannot run
-        natively), and whether the calls zero the output's border (split over output blocks, each part
-        zeroes its own blocks' border: at 2 threads the caller's serial zeroing had cost 40 us a layer,
-        most of it cache lines the other core held). i, o: the step's arrays, for a copy that runs as a
-        split of its own before the parts (the stem's padding)."""
+        """For image n: (calls, count, native): threads.split_calls' calls(a, b) over [0, count), and the
+        owners of the arrays beyond r and y those calls read (None: the calls cannot run natively). With a
+        padded output every kind's parts clear their share of its border (_border_share; serial, the
+        caller's zeroing had cost 30-40 us a layer at 2 threads, most of it cache lines the other core
+        held). i, o: the step's arrays, for a copy that runs as a split of its own before the parts (the
+        stem's padding)."""
         xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
@@ -243,19 +238,19 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
                 units_over(0, len(units), g0 * PIXEL_GRAIN, P if g1 == groups else g1 * PIXEL_GRAIN)
 
         if _even_units(len(units), threads.current_size()):
-            return (lambda u0, u1: units_over(u0, u1, 0, P, border)), len(units), threads.owners(x), border
+            return (lambda u0, u1: units_over(u0, u1, 0, P, border)), len(units), threads.owners(x)
         # too few output blocks to share out evenly (a projection to 16-64 channels, or 5 units of 144
         # channels over 2 threads): each thread takes a run of pixels through every block instead, reading
         # all the weights and its share of the input
-        return pixels, groups, threads.owners(x), border
+        return pixels, groups, threads.owners(x)
     return part_of, cout * cin * P
 
 
 def _border_share(y, nob: int, a: int, b: int, count: int, yplane: int, OHp: int, OWp: int, y_pads) -> list:
     """The zero_border call of a part that takes [a, b) of a layer's `count` units of work (pixel groups,
-    rows): the border of blocks [nob * a // count, nob * b // count), so that the parts of a split clear
-    the whole border between them, in parallel (serial, MobileNetV2's stem and 24->144 1x1 layers spent
-    30-40 us each at 2 threads clearing theirs, on cache lines the other core held)."""
+    rows, blocks): the border of blocks [nob * a // count, nob * b // count), so that the parts of a split
+    clear the whole border between them, in parallel (serial, MobileNetV2's stem and 24->144 1x1 layers
+    spent 30-40 us each at 2 threads clearing theirs, on cache lines the other core held)."""
     b0, b1 = nob * a // count, nob * b // count
     return [(BK.zero_border, (y[b0 * yplane:b1 * yplane], b1 - b0, OHp, OWp, *y_pads))] if b1 > b0 else []
 
@@ -310,7 +305,7 @@ def _dense(g, ep, y_pads, wdata, vec):
                                      r0, r1, yoff, yplane, b[c0:c1], rn[c0 * OH * OW:c1 * OH * OW] if has_res else rn,
                                      has_res, alpha[c0:c1], beta, has_post, ps[c0:c1], pt[c0:c1])))
             return calls
-        return rows, OH, (xp,), border
+        return rows, OH, (xp,)
     return part_of, cout * cin * KH * KW * OH * OW
 
 
@@ -344,12 +339,12 @@ def _depthwise(g, ep, x_padded: bool, y_pads, wdata, vec):
 
         def part(b0, b1):  # blocks [b0, b1), their border cleared first
             c0, c1 = b0 * BK.CB, b1 * BK.CB
-            clear = [(BK.zero_border, (yn[b0 * yblock:b1 * yblock], b1 - b0, OHp, OWp, *y_pads))] if border else []
+            clear = _border_share(yn, nb, b0, b1, nb, yblock, OHp, OWp, y_pads) if border else []
             return clear + [(kern, (xn[b0 * xblock:b1 * xblock], scratch.get(), w[b0 * kk:b1 * kk],
                             yn[b0 * yblock:b1 * yblock], b1 - b0, H, W, Hp, Wp, PH, PW, OH, OW, OHp, OWp, QH, QW,
                             b[c0:c1], rn[b0 * rblock:b1 * rblock] if has_res else rn, has_res, alpha[c0:c1], beta,
                             has_post, ps[c0:c1], pt[c0:c1]))]
-        return part, nb, (threads.owners(x) if x_padded else None), border
+        return part, nb, (threads.owners(x) if x_padded else None)
     # the blocked depthwise kernel runs at about half a 1x1 layer's speed: its work counts twice. (Ten
     # times, as for the NCHW kernel, split 25 us layers in two: handing a part to a worker costs 10-20 us
     # here, and MobileNetV2's 14x14 depthwise layers ran twice as long on two threads as on one.)
