@@ -4,7 +4,10 @@ runs kernel after kernel, without Python between them. A small model (the MNIST 
 crosses from Python into native code once per run.
 
 At several threads a layer that splits becomes a `Split`: its parts packed into one table per thread,
-handed to the workers as threads.split_calls hands them, without the op's own Python around them.
+handed to the workers as threads.split_calls hands them, without the op's own Python around them. A
+plan with splits runs its segments as one `Chain`: one native call runs the tables and hands the splits
+over (bninfer.kernels.spin.run_chain), and Python takes a segment only where the chain stops for it (a
+step left to Python, a worker asleep, a failed call).
 
 Made per arena and thread count, after a run of the arena at that thread count went through Python (so
 every kernel has its compiled signature): the tables point into that arena's buffers and into scratches
@@ -17,6 +20,7 @@ import numpy as np
 
 from . import record, threads
 from .kernels.calls import Packed, packable, run_table
+from .kernels.spin import CHAIN_DONE, CHAIN_FAILED, CHAIN_PYTHON, CHAIN_SPLIT, CHAIN_TABLE
 
 
 class Table:
@@ -66,9 +70,30 @@ def _record(run, ins, outs) -> tuple[list, list] | None:
 
 
 class Segments(list):
-    """A plan's segments; `splits` says whether any is a Split (its run then wakes sleeping workers first)."""
+    """A plan's segments; `splits` says whether any is a Split (its run then wakes sleeping workers first),
+    `chain` is their Chain when one is."""
 
     splits = False
+    chain: "Chain | None" = None
+
+
+class Chain:
+    """Segments as a program for spin.run_chain: `prog` holds each segment's words, `starts` where each
+    begins. It holds the tables' addresses only: the segments keep them valid."""
+
+    def __init__(self, segs: list):
+        prog: list[int] = []
+        starts = []
+        for seg in segs:
+            starts.append(len(prog))
+            if type(seg) is Table:
+                prog += [CHAIN_TABLE, seg.addr]
+            elif type(seg) is Split:
+                prog += [CHAIN_SPLIT, seg.tables[0], len(seg.tasks), *seg.tasks.tolist()]
+            else:
+                prog.append(CHAIN_PYTHON)
+        self.prog = np.array(prog, np.int64)
+        self.starts = np.array(starts, np.int64)
 
 
 def segments(calls: list[tuple]) -> Segments:
@@ -101,15 +126,34 @@ def segments(calls: list[tuple]) -> Segments:
                 pending.append(c)
     close()
     out.splits = any(type(seg) is Split for seg in out)
+    if out.splits:
+        out.chain = Chain(out)
     return out
 
 
 def run(segs: Segments) -> None:
-    if segs.splits:  # workers asleep since the last run get up while the first layers run
+    chain = segs.chain
+    if chain is not None:  # workers asleep since the last run get up while the first layers run
         threads.wake_workers()
-    for seg in segs:
+    i, n = 0, len(segs)
+    while i < n:
+        if chain is not None:
+            r = threads.run_chain(chain.prog, chain.starts, i)
+            if r is None:  # another caller has the workers: segment by segment (each runs here)
+                chain = None
+            else:
+                i, why = r >> 3, r & 7
+                if why == CHAIN_DONE:
+                    return
+                if why == CHAIN_FAILED:
+                    segs[i].packed.check()  # raises the kernel's own exception
+                    i += 1
+                    continue
+        # a step for Python, or a split whose worker sleeps (run_split wakes it and runs the parts here)
+        seg = segs[i]
         if type(seg) is tuple:
             seg[0](seg[1], seg[2])
         else:
             seg()
+        i += 1
 

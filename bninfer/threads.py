@@ -32,8 +32,8 @@ import numpy as np
 
 from . import record
 from .kernels.calls import Packed, run_calls, run_table, table_failed
-from .kernels.spin import (AWAKE, CALLER_ASLEEP, CALLER_SPIN_TICKS, DONE, MAX_POLLS, POSTED, ROW, SEEN, TASK,
-                           WAKING)
+from .kernels.spin import (AWAKE, CALLER_ASLEEP, CALLER_SPIN_TICKS, CHAIN_FAILED, CHAIN_LATE, DONE, MAX_POLLS,
+                           POSTED, ROW, SEEN, TASK, WAKING)
 
 BLAS_SERIAL_MACS = 4 * 65536  # OpenBLAS's GEMM_MULTITHREAD_THRESHOLD * SMP_THRESHOLD_MIN
 MIN_PART_MACS = 2_000_000  # less work per part (~15 us) does not pay for the hand-over to a spinning worker
@@ -166,9 +166,9 @@ class Workers:
     only makes a sleeper check again."""
 
     def __init__(self, size: int):
-        from .kernels.spin import hand_over, serve_wait, take, wait_below
+        from .kernels.spin import hand_over, run_chain, serve_wait, take, wait_below
         self._wait, self._serve_wait, self._run_table, self._take = wait_below, serve_wait, run_table, take
-        self._hand_over = hand_over
+        self._hand_over, self._run_chain = hand_over, run_chain
         self.size = size
         n = size - 1
         self._flags = np.zeros(n * _ROW, np.int64)
@@ -290,15 +290,41 @@ class Workers:
             r = self._hand_over(self._flags, tasks, own)
             if r == 1:
                 return None
-            if r == 2:  # a part its worker took, not seen done within ~15 ms: wait from Python
-                for k in range(len(tasks)):
-                    row = self._rows[k]
-                    if not row[_AWAKE] and not row[_WAKING]:
-                        row[_WAKING] = 1
-                        self._wake[k].put(None)
-                    self._collect(k)
-                return any(table_failed(t) for t in (own, *tasks))
+            if r == 2:
+                return self._finish_late(own, tasks)
             return r == 3
+        finally:
+            self._lock.release()
+
+    def _finish_late(self, own: int, tasks) -> bool:
+        """After a native hand-over whose part its worker took was not seen done within ~15 ms: wait
+        for it from Python (waking its worker if it went to sleep); whether a part failed."""
+        for k in range(len(tasks)):
+            row = self._rows[k]
+            if not row[_AWAKE] and not row[_WAKING]:
+                row[_WAKING] = 1
+                self._wake[k].put(None)
+            self._collect(k)
+        return any(table_failed(t) for t in (own, *tasks))
+
+    def run_chain(self, prog: np.ndarray, starts: np.ndarray, first: int) -> int | None:
+        """A native plan's segments from `first` on (spin.run_chain), its splits handed over from native
+        code; a split whose part came late is waited for here and the chain goes on. spin.run_chain's
+        answer (segment index * 8 + why it stopped), or None when another caller has the workers."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            _place(self._threads, self._placed)
+            while True:
+                r = self._run_chain(self._flags, prog, starts, first)
+                i = r >> 3
+                if r & 7 != CHAIN_LATE:
+                    return r
+                p = starts[i]
+                own, tasks = int(prog[p + 1]), prog[p + 3:p + 3 + prog[p + 2]]
+                if self._finish_late(own, tasks):
+                    return i * 8 + CHAIN_FAILED
+                first = i + 1
         finally:
             self._lock.release()
 
@@ -473,6 +499,11 @@ def run_split(tables: list[int], packed: Packed, macs: float, tasks: np.ndarray 
         for t in tables:
             run_table(t)
     packed.check()
+
+
+def run_chain(prog: np.ndarray, starts: np.ndarray, first: int) -> int | None:
+    """A native plan's chain from segment `first` on, on the current run's workers (Workers.run_chain)."""
+    return _local.__dict__["current"].pool.run_chain(prog, starts, first)
 
 
 def owners(*arrays) -> tuple:

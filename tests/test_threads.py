@@ -194,14 +194,7 @@ def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3, native_
     monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
     monkeypatch.setattr(threads.Workers, "run_tables",
                         lambda self, t: (native.append(len(t)), real_tables(self, t)))
-    real_hand_over = threads.Workers.hand_over
-
-    def hand_over(self, own, tasks):
-        failed = real_hand_over(self, own, tasks)
-        if failed is not None:
-            native.append(len(tasks) + 1)
-        return failed
-    monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
+    _on_native_hand_overs(monkeypatch, native.append)
     sess = _session(model, n_threads)
     if native_plan:
         outs = [sess.run(None, feeds)[0] for _ in range(runs)]
@@ -213,6 +206,31 @@ def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3, native_
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
     return outs[-1], parts, native
+
+
+def _on_native_hand_overs(monkeypatch, seen):
+    """seen(part count) for every split handed over from native code: by Workers.hand_over, or inside
+    a native plan's chain (Workers.run_chain; its answer says up to which segment it ran)."""
+    from bninfer import threads
+    from bninfer.kernels.spin import CHAIN_FAILED, CHAIN_SPLIT
+    real_hand_over, real_chain = threads.Workers.hand_over, threads.Workers.run_chain
+
+    def hand_over(self, own, tasks):
+        failed = real_hand_over(self, own, tasks)
+        if failed is not None:
+            seen(len(tasks) + 1)
+        return failed
+
+    def run_chain(self, prog, starts, first):
+        r = real_chain(self, prog, starts, first)
+        if r is not None:
+            last = (r >> 3) + (r & 7 == CHAIN_FAILED)  # a failed split's parts all ran
+            for p in starts[first:last]:
+                if prog[p] == CHAIN_SPLIT:
+                    seen(int(prog[p + 2]) + 1)
+        return r
+    monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
+    monkeypatch.setattr(threads.Workers, "run_chain", run_chain)
 
 
 def _session(model, n):
@@ -496,14 +514,7 @@ def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(
                         lambda self, fn, p: (real_map(self, fn, p), inside.append(os.sched_getaffinity(0))))
     monkeypatch.setattr(threads.Workers, "run_tables",
                         lambda self, t: (real_tables(self, t), inside.append(os.sched_getaffinity(0))))
-    real_hand_over = threads.Workers.hand_over
-
-    def hand_over(self, own, tasks):
-        failed = real_hand_over(self, own, tasks)
-        if failed is not None:
-            inside.append(os.sched_getaffinity(0))
-        return failed
-    monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
+    _on_native_hand_overs(monkeypatch, lambda parts: inside.append(os.sched_getaffinity(0)))
     before = os.sched_getaffinity(0)
     splits = []
     for _ in range(3):  # from Python, then from packed tables
@@ -755,6 +766,126 @@ def test_every_part_runs_exactly_once_as_workers_sleep_wake_and_race_their_calle
         if pool.hand_over(own, tasks) is None:
             pool.run_tables([own, int(tasks[0])])
     np.testing.assert_array_equal(y, [1.5 * n] * 5 + [-2.0 * n] * 5)
+
+
+def _chain_segments(y, log):
+    """Segments of a native plan, as native.segments makes them: a table, a split, a step left to Python,
+    another split; each adds to its own elements of y (a segment run twice or never shows)."""
+    from bninfer import native, record
+    _add.compile((types.float32[::1], types.float64, types.int64, types.int64))
+
+    def python_step(ins, outs):
+        log.append("python")
+        y[10:12] += 4.0
+    segs = native.Segments([
+        native.Table([(_add, (y, 1.0, 0, 2))], []),
+        native.Split(record.Split([[(_add, (y, 1.5, 2, 4))], [(_add, (y, -2.0, 4, 6))]], 1e9), []),
+        (python_step, [], []),
+        native.Split(record.Split([[(_add, (y, 3.0, 6, 8))], [(_add, (y, 5.0, 8, 10))]], 1e9), [])])
+    segs.splits, segs.chain = True, native.Chain(segs)
+    return segs
+
+
+_CHAIN_ONCE = [1.0] * 2 + [1.5] * 2 + [-2.0] * 2 + [3.0] * 2 + [5.0] * 2 + [4.0] * 2
+
+
+def test_a_chain_runs_tables_and_splits_natively_and_stops_only_for_python(monkeypatch):
+    """native.run hands a plan with splits to one native chain (Workers.run_chain): it stops for the
+    step left to Python and goes on after it; every segment runs once, the splits' parts on both
+    threads (or taken back by the caller when the worker is late). A worker that slept through a pause
+    of the caller's (the host's, or the chain's first compile) is left to Python (answer CHAIN_ASLEEP):
+    the run is tried again until its worker is caught spinning."""
+    from bninfer import native, threads
+    from bninfer.kernels.spin import CHAIN_ASLEEP, CHAIN_DONE, CHAIN_FOR_PYTHON
+    answers, by_python = [], []
+    real_chain, real_split = threads.Workers.run_chain, native.Split.__call__
+    monkeypatch.setattr(threads.Workers, "run_chain",
+                        lambda self, *a: answers.append(real_chain(self, *a)) or answers[-1])
+    monkeypatch.setattr(native.Split, "__call__", lambda self: (by_python.append(1), real_split(self)))
+    for _ in range(20):
+        answers.clear(), by_python.clear()
+        y, log = np.zeros(12, np.float32), []
+        segs = _chain_segments(y, log)
+        with threads.RunThreads(2):
+            native.run(segs)
+        np.testing.assert_array_equal(y, _CHAIN_ONCE)
+        assert log == ["python"]
+        assert len(by_python) == sum(r & 7 == CHAIN_ASLEEP for r in answers)
+        if answers == [2 * 8 + CHAIN_FOR_PYTHON, 4 * 8 + CHAIN_DONE]:
+            return
+    pytest.fail(f"no run went through natively: {answers}")
+
+
+def test_a_chain_leaves_a_split_whose_worker_sleeps_to_python_which_runs_it_here():
+    """A worker asleep with its wake-up lost (or its thread descheduled by the host): the chain posts it
+    nothing and stops at the split; run_split runs both parts on the caller, and the chain goes on."""
+    from bninfer import native, threads
+    from bninfer.kernels.spin import CHAIN_ASLEEP
+    y, log = np.zeros(12, np.float32), []
+    segs = _chain_segments(y, log)
+    pool, lost = _asleep_and_never_woken()
+    run = threads.RunThreads(2)
+    run._pool, run._forks = pool, threads._forks[0]
+    with run:
+        assert pool.run_chain(segs.chain.prog, segs.chain.starts, 0) == 1 * 8 + CHAIN_ASLEEP
+        y[:] = 0
+        native.run(segs)
+    np.testing.assert_array_equal(y, _CHAIN_ONCE)
+    assert lost  # run_split sent a wake-up
+    _wake_for_real(pool)
+    np.testing.assert_array_equal(y, _CHAIN_ONCE)
+
+
+@pytest.mark.parametrize("where", ["table", "split"])
+def test_a_call_failing_inside_a_chain_raises_its_own_exception_and_stops_the_run(where):
+    from bninfer import native, record, threads
+    _divide.compile((types.float64[::1], types.float64, types.int64, types.int64))
+    z, after = np.zeros(6), np.zeros(2, np.float32)
+    _add.compile((types.float32[::1], types.float64, types.int64, types.int64))
+    failing = native.Table([(_divide, (z, 0.0, 0, 2))], []) if where == "table" else \
+        native.Split(record.Split([[(_divide, (z, 2.0, 0, 2))], [(_divide, (z, 0.0, 2, 4))]], 1e9), [])
+    segs = native.Segments([
+        native.Split(record.Split([[(_divide, (z, 4.0, 4, 5))], [(_divide, (z, 4.0, 5, 6))]], 1e9), []),
+        failing, native.Table([(_add, (after, 1.0, 0, 2))], [])])
+    segs.splits, segs.chain = True, native.Chain(segs)
+    with threads.RunThreads(2):
+        with pytest.raises(ZeroDivisionError):
+            native.run(segs)
+    assert list(z[4:]) == [0.25, 0.25] and not after.any()
+
+
+def test_a_chains_late_part_is_waited_for_from_python_and_the_chain_goes_on():
+    """spin.run_chain's CHAIN_LATE: a split's part its worker took was not seen done in time (here: posted
+    as the worker went to sleep). Workers.run_chain wakes the worker, waits for the part, and runs the
+    rest of the chain (up to the step for Python here)."""
+    from bninfer import threads
+    from bninfer.kernels.calls import run_table
+    from bninfer.kernels.spin import CHAIN_LATE, run_chain
+    y, log = np.zeros(12, np.float32), []
+    segs = _chain_segments(y, log)
+    prog, starts = segs.chain.prog, segs.chain.starts
+    pool = threads.Workers(2)
+    deadline = time.perf_counter() + 2
+    while not pool.asleep() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert pool.asleep()
+    calls = []
+
+    def late_at_the_first_split(flags, prog_, starts_, first):
+        calls.append(first)
+        if first > 0:
+            return run_chain(flags, prog_, starts_, first)
+        run_table(int(prog_[starts_[0] + 1]))
+        p = starts_[1]  # spin.hand_over's steps when its worker went to sleep as the part was posted
+        flags[threads._TASK] = prog_[p + 3]
+        flags[threads._POSTED] += 1
+        run_table(int(prog_[p + 1]))
+        return 1 * 8 + CHAIN_LATE
+    pool._run_chain = late_at_the_first_split
+    assert pool.run_chain(prog, starts, 0) == 2 * 8 + 4  # on to the step for Python
+    assert calls == [0, 2]
+    np.testing.assert_array_equal(y[:6], _CHAIN_ONCE[:6])  # the late part ran once, the Python step not yet
+    assert not y[6:].any()
 
 
 def test_a_part_taken_back_by_its_caller_is_published_done_unrun():
