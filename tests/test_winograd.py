@@ -153,6 +153,9 @@ def test_weight_transform_is_g_g_gt_rounded_once(cout, cin):
     got = WG.transform_weights(w)
     assert got.dtype == np.float32 and got.ctypes.data % 64 == 0
     np.testing.assert_array_equal(got, want)
+    poisoned = np.full(got.size, np.nan, np.float32)  # every word is written, the zero padding included
+    WG._transform_into(w, poisoned, nob, cinp)
+    np.testing.assert_array_equal(poisoned, want)
 
 
 def test_float64_reference():
