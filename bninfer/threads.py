@@ -502,8 +502,10 @@ def run_split(tables: list[int], packed: Packed, macs: float, tasks: np.ndarray 
 
 
 def run_chain(prog: np.ndarray, starts: np.ndarray, first: int) -> int | None:
-    """A native plan's chain from segment `first` on, on the current run's workers (Workers.run_chain)."""
-    return _local.__dict__["current"].pool.run_chain(prog, starts, first)
+    """A native plan's chain from segment `first` on, on the current run's workers (Workers.run_chain);
+    None outside a run of several threads."""
+    cur = _local.__dict__.get("current")
+    return None if cur is None or cur.size < 2 else cur.pool.run_chain(prog, starts, first)
 
 
 def owners(*arrays) -> tuple:

@@ -14,7 +14,7 @@ from bninfer.ops import conv_blocked
 from bninfer.ops.conv_blocked import STEM_MAX_CHANNELS, STEM_MIN_WIDTH
 from tests.graphs import Builder
 from tests.test_threads import _split_run
-from tests.util import run_ort, run_twice
+from tests.util import on_native_hand_overs, run_ort, run_twice
 
 ACTS = {A.NONE: lambda v, a: v, A.CLIP: lambda v, a: np.minimum(np.maximum(v, a[:, None]), 6.0),  # alpha: Clip's lower bound
         A.LEAKY_RELU: lambda v, a: np.where(v < 0, v * a[:, None], v),
@@ -469,14 +469,7 @@ def test_split_layers_are_packed_though_every_run_feeds_a_new_array(monkeypatch)
     packed_runs = []
     real_tables = threads.Workers.run_tables
     monkeypatch.setattr(threads.Workers, "run_tables", lambda self, t: (packed_runs.append(1), real_tables(self, t)))
-    real_hand_over = threads.Workers.hand_over
-
-    def hand_over(self, own, tasks):  # the native plan's way, when the worker spins
-        failed = real_hand_over(self, own, tasks)
-        if failed is not None:
-            packed_runs.append(1)
-        return failed
-    monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
+    on_native_hand_overs(monkeypatch, lambda parts: packed_runs.append(1))  # the native plan's way
     counts = []
     for fresh in (False, True):
         sess = _session(model, 2)

@@ -9,7 +9,7 @@ from numba import njit, types
 
 import bninfer
 from tests.graphs import Builder
-from tests.util import randn
+from tests.util import on_native_hand_overs, randn
 
 
 def test_four_threads_hundred_runs_each():
@@ -194,7 +194,7 @@ def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3, native_
     monkeypatch.setattr(threads.Workers, "map", lambda self, fn, p: (parts.append(len(p)), real_map(self, fn, p)))
     monkeypatch.setattr(threads.Workers, "run_tables",
                         lambda self, t: (native.append(len(t)), real_tables(self, t)))
-    _on_native_hand_overs(monkeypatch, native.append)
+    on_native_hand_overs(monkeypatch, native.append)
     sess = _session(model, n_threads)
     if native_plan:
         outs = [sess.run(None, feeds)[0] for _ in range(runs)]
@@ -206,31 +206,6 @@ def _split_run(model, feeds, n_threads, monkeypatch, force=True, runs=3, native_
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
     return outs[-1], parts, native
-
-
-def _on_native_hand_overs(monkeypatch, seen):
-    """seen(part count) for every split handed over from native code: by Workers.hand_over, or inside
-    a native plan's chain (Workers.run_chain; its answer says up to which segment it ran)."""
-    from bninfer import threads
-    from bninfer.kernels.spin import CHAIN_FAILED, CHAIN_SPLIT
-    real_hand_over, real_chain = threads.Workers.hand_over, threads.Workers.run_chain
-
-    def hand_over(self, own, tasks):
-        failed = real_hand_over(self, own, tasks)
-        if failed is not None:
-            seen(len(tasks) + 1)
-        return failed
-
-    def run_chain(self, prog, starts, first):
-        r = real_chain(self, prog, starts, first)
-        if r is not None:
-            last = (r >> 3) + (r & 7 == CHAIN_FAILED)  # a failed split's parts all ran
-            for p in starts[first:last]:
-                if prog[p] == CHAIN_SPLIT:
-                    seen(int(prog[p + 2]) + 1)
-        return r
-    monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
-    monkeypatch.setattr(threads.Workers, "run_chain", run_chain)
 
 
 def _session(model, n):
@@ -514,7 +489,7 @@ def test_the_caller_is_kept_on_one_cpu_during_a_run_and_given_back_its_affinity(
                         lambda self, fn, p: (real_map(self, fn, p), inside.append(os.sched_getaffinity(0))))
     monkeypatch.setattr(threads.Workers, "run_tables",
                         lambda self, t: (real_tables(self, t), inside.append(os.sched_getaffinity(0))))
-    _on_native_hand_overs(monkeypatch, lambda parts: inside.append(os.sched_getaffinity(0)))
+    on_native_hand_overs(monkeypatch, lambda parts: inside.append(os.sched_getaffinity(0)))
     before = os.sched_getaffinity(0)
     splits = []
     for _ in range(3):  # from Python, then from packed tables

@@ -64,3 +64,28 @@ def assert_matches_ort(model: onnx.ModelProto, feeds: dict, rtol=1e-4, atol=1e-5
         assert a.dtype == b.dtype, (a.dtype, b.dtype)
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
     return ours
+
+
+def on_native_hand_overs(monkeypatch, seen) -> None:
+    """seen(part count) for every split handed over from native code: by Workers.hand_over, or inside
+    a native plan's chain (Workers.run_chain; its answer says up to which segment it ran)."""
+    from bninfer import threads
+    from bninfer.kernels.spin import CHAIN_FAILED, CHAIN_SPLIT
+    real_hand_over, real_chain = threads.Workers.hand_over, threads.Workers.run_chain
+
+    def hand_over(self, own, tasks):
+        failed = real_hand_over(self, own, tasks)
+        if failed is not None:
+            seen(len(tasks) + 1)
+        return failed
+
+    def run_chain(self, prog, starts, first):
+        r = real_chain(self, prog, starts, first)
+        if r is not None:
+            last = (r >> 3) + (r & 7 == CHAIN_FAILED)  # a failed split's parts all ran
+            for p in starts[first:last]:
+                if prog[p] == CHAIN_SPLIT:
+                    seen(int(prog[p + 2]) + 1)
+        return r
+    monkeypatch.setattr(threads.Workers, "hand_over", hand_over)
+    monkeypatch.setattr(threads.Workers, "run_chain", run_chain)
