@@ -895,6 +895,8 @@ def test_packed_calls_take_every_argument_kind_and_refuse_what_fits_no_signature
     run_table(table)
     np.testing.assert_array_equal(y[0], x[::2][::2] * 0.5 + 7.25)
     assert not y[1:].any()
+    run_table(packed.table([(kern, (y, x[::2], False, -3, -2.0, 0.25))]))  # a false flag, negative numbers
+    np.testing.assert_array_equal(y[0], x[::2][::2] * -2.0 - 3)
     assert packed.table([(kern, (y, x[::2].astype(np.float64), True, 7, 0.5, 0.25))]) is None  # wrong dtype
     assert packed.table([(kern, (y, x, 1, 7, 0.5, 0.25))]) is None  # an int where a bool is taken
 

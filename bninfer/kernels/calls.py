@@ -8,9 +8,9 @@ lost a fifth of their time to it at 2 threads. A part's calls never change betwe
 
 - a call's arguments become int64 words (an array: data address, shape, strides; a number: its value,
   a float's bits as a float64);
-- a trampoline, one per kernel signature, unpacks the words into Numba's own argument values and
-  calls the kernel's native function (Numba's calling convention: a status code, which the C wrapper
-  would only print if the kernel raised);
+- a trampoline, one per kernel signature (built by an LLVM engine of its own), unpacks the words into
+  Numba's own argument values and calls the kernel's native function (Numba's calling convention: a
+  status code, which the C wrapper would only print if the kernel raised);
 - a part is a table: [number of calls, status, then per call: trampoline, kernel, words' address].
 
 `run_table` runs a table and stops at a call that fails, noting it in the status word; a worker's spin
@@ -22,12 +22,12 @@ exception. The tables hold addresses only: whoever makes one keeps the arrays it
 from __future__ import annotations
 
 import numpy as np
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
-from numba.np.arrayobj import populate_array
 from numba.np.numpy_support import as_dtype
 
 from ..errors import WorkerError
@@ -82,11 +82,15 @@ def table_failed(table):
 
 # -- trampolines ------------------------------------------------------------------------------------
 
-_trampolines: dict[tuple, tuple[int, object]] = {}
+_trampolines: dict[tuple, tuple[int, object]] = {}  # (address, the engine that keeps it)
 
 
-def _unpack(context, builder, argtys, words):
-    """Numba's value for each argument type, read from consecutive int64 words at `words`."""
+def _unpack(context, builder, argtys, words) -> list:
+    """The native function's arguments for `argtys`, flattened as Numba passes them (an array as its
+    meminfo, parent, item count, item size, data pointer, shape and strides), read from consecutive
+    int64 words at `words`. Built value by value: Numba's array helpers (a struct on the stack, filled
+    field by field) made 20 kB of IR a kernel, and a trampoline took ~28 ms to build, most of a plan's
+    second run (MNIST's 0.2 s)."""
     base = builder.inttoptr(words, _I64.as_pointer())
     pos = 0
 
@@ -95,31 +99,47 @@ def _unpack(context, builder, argtys, words):
         pos += 1
         return builder.load(builder.gep(base, [ir.Constant(_I64, pos - 1)]))
 
-    values = []
+    flat = []
     for t in argtys:
         if isinstance(t, types.Array):
-            ary = context.make_array(t)(context, builder)
             data_t = context.get_data_type(t.dtype)
             data = builder.inttoptr(word(), data_t.as_pointer())
             shape = [word() for _ in range(t.ndim)]
             strides = [word() for _ in range(t.ndim)]
-            populate_array(ary, data=data, shape=cgutils.pack_array(builder, shape),
-                           strides=cgutils.pack_array(builder, strides),
-                           itemsize=context.get_constant(types.intp, context.get_abi_sizeof(data_t)), meminfo=None)
-            values.append(ary._getvalue())
+            nitems = ir.Constant(_I64, 1)
+            for d in shape:
+                nitems = builder.mul(nitems, d)
+            null = ir.Constant(ir.IntType(8).as_pointer(), None)
+            itemsize = ir.Constant(_I64, context.get_abi_sizeof(data_t))
+            flat += [null, null, nitems, itemsize, data, *shape, *strides]
         elif isinstance(t, types.Boolean):
-            values.append(builder.icmp_signed("!=", word(), ir.Constant(_I64, 0)))
+            flat.append(builder.zext(builder.icmp_signed("!=", word(), ir.Constant(_I64, 0)), ir.IntType(8)))
         elif isinstance(t, types.Integer):
-            values.append(context.cast(builder, word(), types.int64, t))
+            w = word()
+            flat.append(w if t.bitwidth == 64 else builder.trunc(w, ir.IntType(t.bitwidth)))
         else:  # Float, checked by _fits
-            values.append(context.cast(builder, builder.bitcast(word(), ir.DoubleType()), types.float64, t))
-    return values
+            d = builder.bitcast(word(), ir.DoubleType())
+            flat.append(d if t == types.float64 else builder.fptrunc(d, ir.FloatType()))
+    return flat
+
+
+def _simplify(module, machine) -> None:
+    """LLVM's -O1 pipeline on a trampoline's module (mem2reg and the like, so that the -O0 code
+    generator keeps the unpacked words in registers); none without llvmlite's new pass manager."""
+    if not hasattr(llvm, "create_pass_builder"):
+        return
+    builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(1))
+    builder.getModulePassManager().run(module, builder)
 
 
 def trampoline(argtys: tuple, restype) -> int:
     """The address of a native function (kern, words) -> 0, or 1 when the kernel raised, that calls the
     native function of a kernel compiled for `argtys` with arguments unpacked from `words`. Built straight
-    in LLVM IR, once per signature and process (a few ms: no Numba pipeline, nothing to cache)."""
+    in LLVM IR, once per signature and process, by an execution engine of its own: through a Numba
+    library (its optimization pipeline, then code generation at -O3) one took ~21 ms here, and a plan
+    builds its tables at its second run (ResNet-50: 11 trampolines, MNIST 6); straight-line code needs
+    neither: -O1's IR passes and the -O0 code generator take ~10 ms (its calls as fast: the MLP's run
+    within 0.1 %; -O0 IR alone was 0.8 % slower)."""
     key = (argtys, restype)
     with global_compiler_lock:
         hit = _trampolines.get(key)
@@ -127,24 +147,30 @@ def trampoline(argtys: tuple, restype) -> int:
             from numba.core.registry import cpu_target
             context = cpu_target.target_context
             name = f"bninfer_trampoline_{len(_trampolines)}"
-            library = context.codegen().create_library(name)
-            module = library.create_ir_module(name)
+            machine = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(
+                opt=0, codemodel="jitdefault")
+            module = ir.Module(name)
+            module.triple, module.data_layout = machine.triple, str(machine.target_data)
             i32 = ir.IntType(32)
             fn = ir.Function(module, ir.FunctionType(i32, [_I64, _I64]), name)
             builder = ir.IRBuilder(fn.append_basic_block("entry"))
-            values = _unpack(context, builder, argtys, fn.args[1])
+            args = _unpack(context, builder, argtys, fn.args[1])
             conv = context.call_conv  # i32 status (retptr, excinfo**, the arguments flattened)
             kty = conv.get_function_type(restype, argtys)
+            if [a.type for a in args] != list(kty.args[2:]):  # Numba's data model is not the one _unpack knows
+                raise TypeError(f"cannot pack arguments {argtys}: native types {kty.args[2:]}")
             retptr = cgutils.alloca_once(builder, kty.args[0].pointee)
             excinfo = cgutils.alloca_once(builder, kty.args[1].pointee)
-            args = list(conv._get_arg_packer(argtys).as_arguments(builder, values))
             code = builder.call(builder.inttoptr(fn.args[0], kty.as_pointer()), [retptr, excinfo] + args)
             ok = builder.or_(builder.icmp_signed("==", code, ir.Constant(i32, 0)),  # Numba's OK, or None
                              builder.icmp_signed("==", code, ir.Constant(i32, -2)))  # returned
             builder.ret(builder.select(ok, ir.Constant(i32, 0), ir.Constant(i32, 1)))
-            library.add_ir_module(module)
-            library.finalize()
-            hit = _trampolines[key] = (library.get_pointer_to_function(name), library)
+            compiled = llvm.parse_assembly(str(module))
+            compiled.verify()
+            _simplify(compiled, machine)
+            engine = llvm.create_mcjit_compiler(compiled, machine)  # owns the module and the machine
+            engine.finalize_object()
+            hit = _trampolines[key] = (engine.get_function_address(name), engine)
     return hit[0]
 
 
