@@ -581,6 +581,17 @@ def test_serve_wait_runs_a_part_table_itself_and_spins_on():
     np.testing.assert_array_equal(y, [0, 2.5, 2.5, 2.5, 0, 0, 0, -1, 0, 0])
 
 
+def _sleeping_pool():
+    """A new pool of two threads, once its worker has spun its ~1 ms and gone to sleep."""
+    from bninfer import threads
+    pool = threads.Workers(2)
+    deadline = time.perf_counter() + 2
+    while not pool.asleep() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert pool.asleep()
+    return pool
+
+
 def _hand_over_tables():
     from bninfer.kernels.calls import Packed
     _fill.compile((types.float32[::1], types.float64, types.int64, types.int64))
@@ -640,11 +651,7 @@ def test_a_part_posted_as_its_worker_went_to_sleep_is_finished_from_python():
     from bninfer import threads
     from bninfer.kernels.calls import run_table
     y, packed, own, tasks = _hand_over_tables()
-    pool = threads.Workers(2)
-    deadline = time.perf_counter() + 2
-    while not pool.asleep() and time.perf_counter() < deadline:
-        time.sleep(0.01)
-    assert pool.asleep()
+    pool = _sleeping_pool()
 
     def posted_as_it_slept(flags, tasks_, own_):  # spin.hand_over's steps for that case
         flags[threads._TASK] = tasks_[0]
@@ -673,12 +680,7 @@ def _adding_tables():
 def _asleep_and_never_woken():
     """A pool whose one worker sleeps and whose wake-ups get lost (a worker the host has descheduled
     looks the same to the caller)."""
-    from bninfer import threads
-    pool = threads.Workers(2)
-    deadline = time.perf_counter() + 2
-    while not pool.asleep() and time.perf_counter() < deadline:
-        time.sleep(0.01)
-    assert pool.asleep()
+    pool = _sleeping_pool()
     lost = []
     pool.real_wake = pool._wake[0]  # the queue the worker sleeps on
     pool._wake[0] = type("Lost", (), {"put": staticmethod(lost.append)})()
@@ -839,11 +841,7 @@ def test_a_chains_late_part_is_waited_for_from_python_and_the_chain_goes_on():
     y, log = np.zeros(12, np.float32), []
     segs = _chain_segments(y, log)
     prog, starts = segs.chain.prog, segs.chain.starts
-    pool = threads.Workers(2)
-    deadline = time.perf_counter() + 2
-    while not pool.asleep() and time.perf_counter() < deadline:
-        time.sleep(0.01)
-    assert pool.asleep()
+    pool = _sleeping_pool()
     calls = []
 
     def late_at_the_first_split(flags, prog_, starts_, first):
