@@ -479,7 +479,7 @@ def test_split_layers_are_packed_though_every_run_feeds_a_new_array(monkeypatch)
             out = sess.run(None, {"x": feeds["x"].copy()} if fresh else feeds)[0]
             np.testing.assert_array_equal(out, want)
         counts.append(len(packed_runs))
-    assert counts[0] == counts[1] == 5  # the stem's padding, stem, depthwise, 1x1, the pool of the 1x1 output
+    assert counts[0] == counts[1] == 6  # the stem's padding, its border's clearing, stem, depthwise, 1x1, pool
 
 
 def _session(model, n):
@@ -641,6 +641,53 @@ def test_squeeze_excitation_pools_and_scales_split_over_threads(batch, n_threads
     assert native and max(native) == n_threads
     from tests.test_threads import _session
     np.testing.assert_array_equal(ours, _session(model, 1).run(None, feeds)[0])
+
+
+def _memory(a: np.ndarray) -> tuple[int, int]:
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+@pytest.mark.parametrize("net,n_threads", [("se", 2), ("se", 3), ("stem", 2), ("stem", 3)])
+def test_no_part_clears_a_border_another_part_writes(net, n_threads, monkeypatch):
+    """A part that zeroes a padded output's border (blocks of its own) is the only one to touch those
+    bytes. Parts over a 1x1's pixels (its blocks too few to share out, as the 160-channel expand's here)
+    or the stem's rows write every block, and an activation span runs across the border between their
+    rows; had they cleared the border too, one part could clear a cell after another's span read it and
+    before that span wrote it back (stop 28's race: garbage from a fresh arena in about one run in 200 at
+    3 threads on 2 cores, under load). Their border is zeroed by a split of its own before them."""
+    from bninfer import threads
+    monkeypatch.setattr(threads, "MIN_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_NATIVE_PART_MACS", 1)
+    monkeypatch.setattr(threads, "MIN_WAKE_MACS", 1)
+    if net == "se":
+        b = Builder(7)
+        x = _mb_conv(b, b.conv("x", 3, 40, k=3, stride=1), 40, 4)
+        model = b.model({"x": [1, 3, 12, 13]}, [b.node("GlobalAveragePool", [b.conv(x, 40, 24, k=1)])])
+        feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 12, 13)).astype(np.float32)}
+    else:
+        model, feeds = _stem_net(size=(40, 36))
+    splits = []
+    real = threads.split_calls
+
+    def spy(calls, n, *a, **k):
+        splits.append([calls(u, u + 1) for u in range(n)])
+        return real(calls, n, *a, **k)
+    monkeypatch.setattr(threads, "split_calls", spy)
+    _session(model, n_threads).run(None, feeds)
+    clearing = 0
+    for parts in splits:
+        for u, part in enumerate(parts):
+            for kern, args in part:
+                if kern is not BK.zero_border:
+                    continue
+                lo, hi = _memory(args[0])
+                clearing += 1
+                others = [a for v, p in enumerate(parts) if v != u for _, a2 in p for a in a2
+                          if isinstance(a, np.ndarray) and a.size]
+                assert all(_memory(a)[1] <= lo or _memory(a)[0] >= hi for a in others), \
+                    f"a border part {u} clears is touched by another part of its split ({kern.__name__})"
+    assert clearing  # the check saw borders cleared
 
 
 def test_a_mul_that_is_not_per_channel_or_shared_keeps_its_value_nchw():

@@ -204,14 +204,15 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     groups = max(1, P // PIXEL_GRAIN)
     border = any(y_pads)
     OHp, OWp = OH + y_pads[0] + y_pads[2], OW + y_pads[1] + y_pads[3]
+    clear_tables = [threads.PartTables() for _ in range(g.batch)]
 
     def part_of(x, r, y, n, i, o):
         """For image n: (calls, count, native): threads.split_calls' calls(a, b) over [0, count), and the
-        owners of the arrays beyond r and y those calls read (None: the calls cannot run natively). With a
-        padded output every kind's parts clear their share of its border (_border_share; serial, the
-        caller's zeroing had cost 30-40 us a layer at 2 threads, most of it cache lines the other core
-        held). i, o: the step's arrays, for a copy that runs as a split of its own before the parts (the
-        stem's padding)."""
+        owners of the arrays beyond r and y those calls read (None: the calls cannot run natively). A padded
+        output's border is cleared in parallel: by each part for its own blocks where parts split the
+        blocks, else before the parts (_clear_border_first; serial, the caller's zeroing had cost 30-40 us a
+        layer at 2 threads, most of it cache lines the other core held). i, o: the step's arrays, for a
+        copy that runs as a split of its own before the parts (the stem's padding, a border's clearing)."""
         xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
 
@@ -233,26 +234,39 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
                 u = v
             return calls
 
-        def pixels(g0, g1):  # pixel groups [g0, g1) through every unit, and a share of the border
-            return (_border_share(yn, nob, g0, g1, groups, yplane, OHp, OWp, y_pads) if border else []) + \
-                units_over(0, len(units), g0 * PIXEL_GRAIN, P if g1 == groups else g1 * PIXEL_GRAIN)
+        def pixels(g0, g1):  # pixel groups [g0, g1) through every unit
+            return units_over(0, len(units), g0 * PIXEL_GRAIN, P if g1 == groups else g1 * PIXEL_GRAIN)
 
         if _even_units(len(units), threads.current_size()):
             return (lambda u0, u1: units_over(u0, u1, 0, P, border)), len(units), threads.owners(x)
         # too few output blocks to share out evenly (a projection to 16-64 channels, or 5 units of 144
         # channels over 2 threads): each thread takes a run of pixels through every block instead, reading
         # all the weights and its share of the input
+        if border:
+            _clear_border_first(yn, nob, yplane, OHp, OWp, y_pads, P, clear_tables[n], i, o, y)
         return pixels, groups, threads.owners(x)
     return part_of, cout * cin * P
 
 
 def _border_share(y, nob: int, a: int, b: int, count: int, yplane: int, OHp: int, OWp: int, y_pads) -> list:
-    """The zero_border call of a part that takes [a, b) of a layer's `count` units of work (pixel groups,
-    rows, blocks): the border of blocks [nob * a // count, nob * b // count), so that the parts of a split
-    clear the whole border between them, in parallel (serial, MobileNetV2's stem and 24->144 1x1 layers
-    spent 30-40 us each at 2 threads clearing theirs, on cache lines the other core held)."""
+    """The zero_border call for [a, b) of `count` units over a padded output's `nob` blocks: the border of
+    blocks [nob * a // count, nob * b // count), so that the parts of a split clear the whole border
+    between them, in parallel (serial, MobileNetV2's stem and 24->144 1x1 layers spent 30-40 us each at 2
+    threads clearing theirs, on cache lines the other core held). Only for parts that then write those
+    blocks alone, or for a split of its own (_clear_border_first)."""
     b0, b1 = nob * a // count, nob * b // count
     return [(BK.zero_border, (y[b0 * yplane:b1 * yplane], b1 - b0, OHp, OWp, *y_pads))] if b1 > b0 else []
+
+
+def _clear_border_first(yn, nob: int, yplane: int, OHp: int, OWp: int, y_pads, P: int, tables, i, o, y) -> None:
+    """The border of an output whose parts split its pixels or rows (not its blocks), zeroed by blocks as a
+    split of its own before them. A part's activation span runs across the border between its rows
+    (activations.SPAN_ZERO_AT_ZERO), which stays zero only if it was zero: with the border cleared by
+    the parts themselves, a block's share by another part, a part could clear a cell after a span had
+    read its old value and before the span wrote it back activated (garbage from a fresh arena came
+    through at 3 threads on 2 cores, about one run in 200 under load)."""
+    split_copy(lambda b0, b1: _border_share(yn, nob, b0, b1, nob, yplane, OHp, OWp, y_pads), nob,
+               nob * (yplane - P * BK.CB), tables, i, o, y)
 
 
 def _even_units(units: int, threads_: int) -> bool:
@@ -280,6 +294,7 @@ def _dense(g, ep, y_pads, wdata, vec):
     CD.compile_now(BK.pad_planes, BK.PAD_SIG)
     padded = _PaddedInput(cin * Hp * Wp)
     pad_tables = [threads.PartTables() for _ in range(g.batch)]
+    clear_tables = [threads.PartTables() for _ in range(g.batch)]
     b, alpha, ps, pt = vec
     xs, ys, rs = cin * H * W, nob * yplane, nob * BK.CB * OH * OW
     beta, has_post = ep.beta, ep.has_post
@@ -296,9 +311,11 @@ def _dense(g, ep, y_pads, wdata, vec):
         split_copy(pad, cin, xs, pad_tables[n], i, o, x, xp)
         yn = y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
+        if border:
+            _clear_border_first(yn, nob, yplane, OHp, OWp, y_pads, OH * OW, clear_tables[n], i, o, y)
 
-        def rows(r0, r1):  # output rows [r0, r1) of every block, and a share of the border
-            calls = _border_share(yn, nob, r0, r1, OH, yplane, OHp, OWp, y_pads) if border else []
+        def rows(r0, r1):  # output rows [r0, r1) of every block
+            calls = []
             for kern, first, count, wk in runs:
                 c0, c1 = first * BK.CB, (first + count) * BK.CB
                 calls.append((kern, (xp, wk, yn[first * yplane:(first + count) * yplane], cin, count, Hp, Wp, OW,
