@@ -175,6 +175,8 @@ class Plan:
                 segs = arena.native[size] = native.segments(arena.calls)
         if segs is not None:  # stretches of steps as native calls (bninfer.native), on the arena's buffers
             try:
+                if segs.chain is not None:  # workers asleep since the last run get up while the input is copied
+                    threads.wake_workers()
                 for name, buf, _, _ in arena.inputs:
                     np.copyto(buf, feeds[name])
                 native.run(segs)
