@@ -70,10 +70,8 @@ def _record(run, ins, outs) -> tuple[list, list] | None:
 
 
 class Segments(list):
-    """A plan's segments; `splits` says whether any is a Split (its run then wakes sleeping workers first),
-    `chain` is their Chain when one is."""
+    """A plan's segments; `chain` is their Chain when any is a Split (else None)."""
 
-    splits = False
     chain: "Chain | None" = None
 
 
@@ -125,16 +123,15 @@ def segments(calls: list[tuple]) -> Segments:
             else:
                 pending.append(c)
     close()
-    out.splits = any(type(seg) is Split for seg in out)
-    if out.splits:
+    if any(type(seg) is Split for seg in out):
         out.chain = Chain(out)
     return out
 
 
 def run(segs: Segments) -> None:
+    """Run the segments in order. With a chain, the caller has woken sleeping workers first
+    (threads.wake_workers: Plan.run does so before it copies the input, so they get up meanwhile)."""
     chain = segs.chain
-    if chain is not None:  # workers asleep since the last run get up while the first layers run
-        threads.wake_workers()
     i, n = 0, len(segs)
     while i < n:
         if chain is not None:

@@ -759,7 +759,7 @@ def _chain_segments(y, log):
         native.Split(record.Split([[(_add, (y, 1.5, 2, 4))], [(_add, (y, -2.0, 4, 6))]], 1e9), []),
         (python_step, [], []),
         native.Split(record.Split([[(_add, (y, 3.0, 6, 8))], [(_add, (y, 5.0, 8, 10))]], 1e9), [])])
-    segs.splits, segs.chain = True, native.Chain(segs)
+    segs.chain = native.Chain(segs)
     return segs
 
 
@@ -784,6 +784,7 @@ def test_a_chain_runs_tables_and_splits_natively_and_stops_only_for_python(monke
         y, log = np.zeros(12, np.float32), []
         segs = _chain_segments(y, log)
         with threads.RunThreads(2):
+            threads.wake_workers()  # as Plan.run does
             native.run(segs)
         np.testing.assert_array_equal(y, _CHAIN_ONCE)
         assert log == ["python"]
@@ -824,7 +825,7 @@ def test_a_call_failing_inside_a_chain_raises_its_own_exception_and_stops_the_ru
     segs = native.Segments([
         native.Split(record.Split([[(_divide, (z, 4.0, 4, 5))], [(_divide, (z, 4.0, 5, 6))]], 1e9), []),
         failing, native.Table([(_add, (after, 1.0, 0, 2))], [])])
-    segs.splits, segs.chain = True, native.Chain(segs)
+    segs.chain = native.Chain(segs)
     with threads.RunThreads(2):
         with pytest.raises(ZeroDivisionError):
             native.run(segs)
