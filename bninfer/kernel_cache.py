@@ -7,6 +7,9 @@ stamp is the hash of every source file the kernels are built from (and of vector
 decides how wide they vectorize, and tiles.py, whose host table gives a kernel module a constant: the
 one-row product's prefetch distance), and whose directory is bninfer's own
 (BNINFER_CACHE_DIR, else the user cache dir), so a read-only install still caches.
+
+The same directory keeps the object code of the trampolines a native plan calls its kernels through
+(bninfer.kernels.calls), under the same stamp: `load_object` / `store_object`.
 """
 from __future__ import annotations
 
@@ -40,6 +43,38 @@ def cache_dir() -> Path:
         return Path(root)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "bninfer"
+
+
+def object_path(name: str) -> Path:
+    return cache_dir() / sources_hash() / "objects" / f"{name}.o"
+
+
+def load_object(name: str) -> bytes | None:
+    """The object code `store_object` kept under name, or None: absent, unreadable, or not the bytes
+    that were stored (a torn or damaged file is built again, never handed to the linker)."""
+    try:
+        data = object_path(name).read_bytes()
+    except OSError:
+        return None
+    digest, body = data[:32], data[32:]
+    return body if body and hashlib.sha256(body).digest() == digest else None
+
+
+def store_object(name: str, body: bytes) -> None:
+    """Keep object code under name for later processes (best effort: a read-only cache stays empty).
+    Written whole to a file of this process's own, then renamed over the name: a process reading it
+    meanwhile sees the old file or the new one."""
+    path = object_path(name)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(hashlib.sha256(body).digest() + body)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 class BninferCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):

@@ -8,9 +8,10 @@ lost a fifth of their time to it at 2 threads. A part's calls never change betwe
 
 - a call's arguments become int64 words (an array: data address, shape, strides; a number: its value,
   a float's bits as a float64);
-- a trampoline, one per kernel signature (built by an LLVM engine of its own), unpacks the words into
-  Numba's own argument values and calls the kernel's native function (Numba's calling convention: a
-  status code, which the C wrapper would only print if the kernel raised);
+- a trampoline, one per kernel signature (its object code kept in the kernel cache, run by an LLVM
+  engine of its own), unpacks the words into Numba's own argument values and calls the kernel's native
+  function (Numba's calling convention: a status code, which the C wrapper would only print if the
+  kernel raised);
 - a part is a table: [number of calls, status, then per call: trampoline, kernel, words' address].
 
 `run_table` runs a table and stops at a call that fails, noting it in the status word; a worker's spin
@@ -21,8 +22,11 @@ exception. The tables hold addresses only: whoever makes one keeps the arrays it
 """
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+
+import llvmlite
 import llvmlite.binding as llvm
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -30,6 +34,7 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 from numba.np.numpy_support import as_dtype
 
+from .. import kernel_cache
 from ..errors import WorkerError
 
 _I64 = ir.IntType(64)
@@ -83,6 +88,7 @@ def table_failed(table):
 # -- trampolines ------------------------------------------------------------------------------------
 
 _trampolines: dict[tuple, tuple[int, object]] = {}  # (address, the engine that keeps it)
+trampoline_stats = {"built": 0, "loaded": 0}  # this process's trampolines: built, or loaded from the cache
 
 
 def _unpack(context, builder, argtys, words) -> list:
@@ -132,45 +138,77 @@ def _simplify(module, machine) -> None:
     builder.getModulePassManager().run(module, builder)
 
 
+def _machine():
+    return llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(opt=0, codemodel="jitdefault")
+
+
+def _object_name(argtys: tuple, restype) -> str:
+    """The trampoline's symbol and its object's name in the kernel cache: the same in every process for
+    a signature, llvmlite (its LLVM) and target; the cache's stamp covers this file and Numba's version,
+    which decide the code and the argument layout it unpacks."""
+    key = "|".join([t.name for t in argtys] + [restype.name, llvmlite.__version__, llvm.get_process_triple()])
+    return "bninfer_trampoline_" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _build(argtys: tuple, restype, name: str) -> bytes:
+    """The object code of the trampoline for argtys, built straight in LLVM IR: through a Numba library
+    (its optimization pipeline, then code generation at -O3) one took ~21 ms here; straight-line code
+    needs neither: -O1's IR passes and the -O0 code generator take ~8 ms (its calls as fast: the MLP's
+    run within 0.1 %; -O0 IR alone was 0.8 % slower)."""
+    from numba.core.registry import cpu_target
+    context = cpu_target.target_context
+    machine = _machine()
+    module = ir.Module(name)
+    module.triple, module.data_layout = machine.triple, str(machine.target_data)
+    i32 = ir.IntType(32)
+    fn = ir.Function(module, ir.FunctionType(i32, [_I64, _I64]), name)
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    args = _unpack(context, builder, argtys, fn.args[1])
+    conv = context.call_conv  # i32 status (retptr, excinfo**, the arguments flattened)
+    kty = conv.get_function_type(restype, argtys)
+    if [a.type for a in args] != list(kty.args[2:]):  # Numba's data model is not the one _unpack knows
+        raise TypeError(f"cannot pack arguments {argtys}: native types {kty.args[2:]}")
+    retptr = cgutils.alloca_once(builder, kty.args[0].pointee)
+    excinfo = cgutils.alloca_once(builder, kty.args[1].pointee)
+    code = builder.call(builder.inttoptr(fn.args[0], kty.as_pointer()), [retptr, excinfo] + args)
+    ok = builder.or_(builder.icmp_signed("==", code, ir.Constant(i32, 0)),  # Numba's OK, or None
+                     builder.icmp_signed("==", code, ir.Constant(i32, -2)))  # returned
+    builder.ret(builder.select(ok, ir.Constant(i32, 0), ir.Constant(i32, 1)))
+    compiled = llvm.parse_assembly(str(module))
+    compiled.verify()
+    _simplify(compiled, machine)
+    return machine.emit_object(compiled)
+
+
+def _load(obj: bytes, name: str) -> tuple[int, object]:
+    """(the address of name, the engine that keeps it) for object code from _build."""
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _machine())  # owns the machine
+    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    engine.finalize_object()
+    return engine.get_function_address(name), engine
+
+
 def trampoline(argtys: tuple, restype) -> int:
     """The address of a native function (kern, words) -> 0, or 1 when the kernel raised, that calls the
-    native function of a kernel compiled for `argtys` with arguments unpacked from `words`. Built straight
-    in LLVM IR, once per signature and process, by an execution engine of its own: through a Numba
-    library (its optimization pipeline, then code generation at -O3) one took ~21 ms here, and a plan
-    builds its tables at its second run (ResNet-50: 11 trampolines, MNIST 6); straight-line code needs
-    neither: -O1's IR passes and the -O0 code generator take ~10 ms (its calls as fast: the MLP's run
-    within 0.1 %; -O0 IR alone was 0.8 % slower)."""
+    native function of a kernel compiled for `argtys` with arguments unpacked from `words`. One per
+    signature and process, each by an execution engine of its own, from object code the kernel cache
+    keeps: a plan builds its tables at its second run, and building them all again in every process
+    took ResNet-50's second run ~90 ms (11 trampolines; loading one takes ~1 ms)."""
     key = (argtys, restype)
     with global_compiler_lock:
         hit = _trampolines.get(key)
         if hit is None:
-            from numba.core.registry import cpu_target
-            context = cpu_target.target_context
-            name = f"bninfer_trampoline_{len(_trampolines)}"
-            machine = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(
-                opt=0, codemodel="jitdefault")
-            module = ir.Module(name)
-            module.triple, module.data_layout = machine.triple, str(machine.target_data)
-            i32 = ir.IntType(32)
-            fn = ir.Function(module, ir.FunctionType(i32, [_I64, _I64]), name)
-            builder = ir.IRBuilder(fn.append_basic_block("entry"))
-            args = _unpack(context, builder, argtys, fn.args[1])
-            conv = context.call_conv  # i32 status (retptr, excinfo**, the arguments flattened)
-            kty = conv.get_function_type(restype, argtys)
-            if [a.type for a in args] != list(kty.args[2:]):  # Numba's data model is not the one _unpack knows
-                raise TypeError(f"cannot pack arguments {argtys}: native types {kty.args[2:]}")
-            retptr = cgutils.alloca_once(builder, kty.args[0].pointee)
-            excinfo = cgutils.alloca_once(builder, kty.args[1].pointee)
-            code = builder.call(builder.inttoptr(fn.args[0], kty.as_pointer()), [retptr, excinfo] + args)
-            ok = builder.or_(builder.icmp_signed("==", code, ir.Constant(i32, 0)),  # Numba's OK, or None
-                             builder.icmp_signed("==", code, ir.Constant(i32, -2)))  # returned
-            builder.ret(builder.select(ok, ir.Constant(i32, 0), ir.Constant(i32, 1)))
-            compiled = llvm.parse_assembly(str(module))
-            compiled.verify()
-            _simplify(compiled, machine)
-            engine = llvm.create_mcjit_compiler(compiled, machine)  # owns the module and the machine
-            engine.finalize_object()
-            hit = _trampolines[key] = (engine.get_function_address(name), engine)
+            name = _object_name(argtys, restype)
+            obj = kernel_cache.load_object(name)
+            if obj is not None:
+                hit = _load(obj, name)
+                trampoline_stats["loaded"] += bool(hit[0])
+            if hit is None or not hit[0]:  # not cached (or not the trampoline: built again)
+                obj = _build(argtys, restype, name)
+                kernel_cache.store_object(name, obj)
+                hit = _load(obj, name)
+                trampoline_stats["built"] += 1
+            _trampolines[key] = hit
     return hit[0]
 
 
