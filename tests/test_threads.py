@@ -900,6 +900,31 @@ def test_packed_calls_take_every_argument_kind_and_refuse_what_fits_no_signature
     assert packed.table([(kern, (y, x, 1, 7, 0.5, 0.25))]) is None  # an int where a bool is taken
 
 
+def test_packing_remembers_the_signatures_arguments_fit_and_nothing_else():
+    """Packing looks a call's signature up by its arguments' kinds (calls._native): what fits once fits
+    again, what fits nothing is asked again (a signature compiled later is found)."""
+    from bninfer.kernels.calls import Packed, run_table
+
+    @njit(nogil=True)
+    def kern(y, s):
+        for j in range(y.size):
+            y[j] += s
+
+    kern.compile((types.float32[::1], types.float64))
+    y = np.zeros(8, np.float32)
+    packed = Packed()
+    run_table(packed.table([(kern, (y, 2.0))]))
+    run_table(packed.table([(kern, (y, 3))]))  # an int where a float is taken fits as well
+    np.testing.assert_array_equal(y, 5.0)
+    assert packed.table([(kern, (y[::2], 1.0))]) is None  # strided: fits no signature
+    assert packed.table([(kern, (y.astype(np.float64), 1.0))]) is None
+    assert packed.table([(kern, (y, True))]) is None  # a flag is not a number here
+    assert packed.table([(kern, (y, None))]) is None
+    kern.compile((types.float32[:], types.float64))
+    run_table(packed.table([(kern, (y[::2], 1.0))]))
+    np.testing.assert_array_equal(y, [6, 5] * 4)
+
+
 def test_a_part_noted_failed_that_runs_clean_from_python_is_reported_not_ignored():
     from bninfer.errors import WorkerError
     from bninfer.kernels.calls import Packed, run_table
