@@ -109,6 +109,7 @@ def test_a_trampoline_is_loaded_from_the_cache_and_a_damaged_one_built_again(tmp
     def run_in_a_fresh_process_state():
         """How the table runs with no trampoline yet in this process: (built, loaded) by that run."""
         monkeypatch.setattr(calls, "_trampolines", {})
+        monkeypatch.setattr(calls, "_natives", {})
         before = dict(calls.trampoline_stats)
         y = np.ones(6, np.float32)
         calls.run_table(calls.Packed().table([(_axpy, (y, x, -2.5, 5))]))
