@@ -471,23 +471,32 @@ def test_errors_surface_through_session():
 @pytest.mark.parametrize("cin,cout,kernel", [(48, 6, "matrix_vector"), (12, 6, "matrix_vector"),
                                              (6, 48, "vector_matrix"), (7, 4, "vector_matrix")])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_one_pixel_convs_take_the_one_row_kernel_of_the_longer_streams(cin, cout, kernel, batch, monkeypatch):
+@pytest.mark.parametrize("act,attrs", [("Sigmoid", {}), ("Elu", {"alpha": 0.7}), ("Relu", {})])
+def test_one_pixel_convs_take_the_one_row_kernel_of_the_longer_streams(cin, cout, kernel, batch, act, attrs,
+                                                                        monkeypatch):
     """Squeeze-excitation's 1x1 convs of a one-pixel input: dot products over (cout, cin) weights when
-    cin >= 2 cout, else row sweeps; bias and a Sigmoid fused, against onnxruntime (a session), and the
-    kernel the op calls (the op built alone, the other kernel patched out)."""
+    cin >= 2 cout, else row sweeps; bias and an activation fused, against onnxruntime (a session), and the
+    kernel the op calls (the op built alone, the other kernel patched out). An activation with a span of
+    its own (Sigmoid, Elu) runs as that span after the product, over each image's outputs; Relu in the
+    kernel's epilogue."""
     from onnx import helper
 
-    from bninfer import ir, ops
+    from bninfer import activations, ir, ops, record
     from bninfer.kernels import gemm
-    w, b, x = randn(cout, cin, 1, 1, seed=1), randn(cout, seed=2), randn(batch, cin, 1, 1, seed=3)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Sigmoid", ["c"], ["y"])]
+    w, b, x = randn(cout, cin, 1, 1, seed=1), randn(cout, seed=2), randn(batch, cin, 1, 1, seed=3) * 3
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node(act, ["c"], ["y"], **attrs)]
     model = make_model(nodes, {"x": [batch, cin, 1, 1]}, ["y"], {"w": w, "b": b})
     assert_matches_ort(model, {"x": x})
     other = {"matrix_vector": "vector_matrix", "vector_matrix": "matrix_vector"}[kernel]
     monkeypatch.setattr(gemm, other, None)
-    node = ir.Node("Conv", "conv", ["x", "w", "b"], ["y"], {"activation": ("Sigmoid", {}), "pre_activation": None})
+    node = ir.Node("Conv", "conv", ["x", "w", "b"], ["y"], {"activation": (act, attrs), "pre_activation": None})
     f32 = np.dtype(np.float32)
     ins = [ir.Value("x", x.shape, f32), ir.Value("w", w.shape, f32, w), ir.Value("b", b.shape, f32, b)]
     y = np.empty((batch, cout, 1, 1), np.float32)
-    ops.get("Conv").build(node, ins, [ir.Value("y", y.shape, f32)])([x, w, b], [y])
+    run = ops.get("Conv").build(node, ins, [ir.Value("y", y.shape, f32)])
+    run([x, w, b], [y])
     np.testing.assert_allclose(y, run_ort(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    with record.recording() as rec:
+        run([x, w, b], [y])
+    span = activations.SPANS.get(activations.code_of(act, attrs))
+    assert [k for k, _ in rec.calls] == [getattr(gemm, kernel), *([span] if span else [])] * batch

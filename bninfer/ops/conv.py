@@ -778,18 +778,28 @@ def _one_pixel_conv(g: Geometry, ep: _Epilogue, bias, has_bias: bool, wdata):
     dots = cin >= 2 * cout
     w = aligned(w2 if dots else w2.T).reshape(-1)  # (cout, cin) or (cin, cout), row-major
     zeros = np.zeros(cout, np.float32)
+    # Sigmoid and SiLU (the squeeze and the excitation) through the activation's vectorized span after the
+    # product: the kernels' epilogue applies them element by element (libm's exp, ~10 ns an element:
+    # EfficientNet-B0's 32 layers ~0.1 ms a run)
+    span = activations.SPANS.get(ep.code) if not ep.has_post else None
+    code = activations.NONE if span is not None else ep.code
+    if span is not None:
+        activations.compile_span(ep.code)
+        a0, hi, one, zero = np.float32(ep.alpha[0]), np.float32(ep.beta), np.float32(1.0), np.float32(0.0)
 
     def run(i, o):
         x, y = _flat(i[0]).reshape(N, cin), o[0].reshape(N, cout)
         b = _runtime_bias(i, bias)
         res, has_res = ep.residual_array(i)
         for n in range(N):
-            ep_args = (b, has_bias, res[n * cout:(n + 1) * cout] if has_res else zeros, has_res, ep.code, ep.alpha,
+            ep_args = (b, has_bias, res[n * cout:(n + 1) * cout] if has_res else zeros, has_res, code, ep.alpha,
                        ep.beta, ep.has_post, ep.post_scale, ep.post_shift)
             if dots:
                 record.call(GK.matrix_vector, x[n:n + 1], w, y[n:n + 1], cin, 0, cout, *ep_args)
             else:
                 record.call(GK.vector_matrix, x[n:n + 1], w, y[n:n + 1], cin, cout, 0, cout, *ep_args)
+            if span is not None:
+                record.call(span, y[n], 0, cout, a0, hi, float(ep.beta), False, one, zero)
     return record.recordable(run)
 
 
