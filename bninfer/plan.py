@@ -23,7 +23,7 @@ import numpy as np
 
 from . import concat_views, memory, native, ops, threads
 from .ir import Graph, Node
-from .passes import layout
+from .passes import layout, scale_into_weights
 
 
 @dataclass
@@ -37,12 +37,15 @@ class Step:
 class Plan:
     def __init__(self, graph: Graph, blocked: bool = True, native: bool = True):
         """The plan of `graph` (static shapes); with `blocked`, depthwise-separable chains run on
-        channel-blocked values (bninfer.passes.layout, on a copy: self.graph stays as given); with
+        channel-blocked values (bninfer.passes.layout, on a copy: self.graph stays as given; their
+        squeeze-excitation factors scale the next 1x1 conv's weights, bninfer.passes.scale_into_weights); with
         `native`, from an arena's second run on, stretches of steps run as native calls (bninfer.native)."""
         self.graph = graph
         self.native = native
         if blocked:
             graph = layout.run(graph)
+            if graph is not self.graph:  # (a copy of its own)
+                scale_into_weights.run(graph)
         slots: dict[str, int] = {}
         self.shapes: list[tuple[int, ...]] = []
 

@@ -7,10 +7,12 @@ import pytest
 
 import bninfer
 from bninfer import activations as A
+from bninfer import record
 from bninfer import tiles
 from bninfer.kernels import blocked as BK
 from bninfer.kernels import conv_direct as CD
-from bninfer.ops import conv_blocked
+from bninfer.ops import conv_blocked, fusion
+from bninfer.passes import scale_into_weights
 from bninfer.ops.conv_blocked import STEM_MAX_CHANNELS, STEM_MIN_WIDTH
 from tests.graphs import Builder
 from tests.test_threads import _split_run
@@ -600,8 +602,10 @@ def _mb_conv(b: Builder, x: str, c: int, expand: int, k: int = 3, stride: int = 
     return b.node("Add", [x, y]) if stride == 1 and out_c == c else y
 
 
-@pytest.mark.parametrize("batch,size", [(1, (9, 11)), (2, (16, 14))])
-def test_squeeze_excitation_blocks_run_blocked_and_match_onnxruntime(batch, size):
+@pytest.mark.parametrize("batch,size,scaled", [(1, (9, 11), 1), (2, (16, 14), 3)])
+def test_squeeze_excitation_blocks_run_blocked_and_match_onnxruntime(batch, size, scaled):
+    """(A block's Mul whose 1x1 conv has at most half as many weights as the Mul has inputs is taken into
+    that conv's weights: at 9x11 the first block's, 16 x 64 weights for 64 x 99 inputs, at 16x14 all.)"""
     b = Builder(5)
     x = b.conv("x", 3, 16, k=3, stride=1)
     x = _mb_conv(b, x, 16, 4)
@@ -612,7 +616,8 @@ def test_squeeze_excitation_blocks_run_blocked_and_match_onnxruntime(batch, size
     sess, ours = _check(model, feeds)
     plan = next(iter(sess._plans.values()))
     marked = [st.node.op for st in plan.steps if st.node.attrs.get("_blocked")]
-    assert marked.count("Mul") == 3 and marked.count("GlobalAveragePool") == 4  # the head's pool too
+    assert marked.count("Mul") == 3 - scaled and marked.count("GlobalAveragePool") == 4  # the head's pool too
+    assert sum(fusion.extra(st.node, "channel_scale") is not None for st in plan.steps) == scaled
     # every 1x1 and depthwise conv, SE convs excepted, and the stem where its rows hold a tile
     assert marked.count("Conv") == 10 + (size[1] >= STEM_MIN_WIDTH)
     from bninfer.plan import Plan
@@ -622,9 +627,11 @@ def test_squeeze_excitation_blocks_run_blocked_and_match_onnxruntime(batch, size
 
 @pytest.mark.parametrize("batch,n_threads", [(1, 2), (2, 3)])
 def test_squeeze_excitation_pools_and_scales_split_over_threads(batch, n_threads, monkeypatch):
-    """The blocked GlobalAveragePool and channel-scaling Mul split their blocks over the threads (native
-    from the second run); every run gives the one-thread result, bit for bit."""
+    """The blocked GlobalAveragePool and channel-scaling Mul (kept: not taken into the 1x1 conv's
+    weights) split their blocks over the threads (native from the second run); every run gives the
+    one-thread result, bit for bit."""
     from bninfer import threads
+    monkeypatch.setattr(scale_into_weights, "WEIGHTS_PER_INPUT", 0.0)
     b = Builder(7)
     x = _mb_conv(b, b.conv("x", 3, 40, k=3, stride=1), 40, 4)  # 160 channels: 10 blocks to share out
     model = b.model({"x": [batch, 3, 12, 13]}, [b.node("GlobalAveragePool", [b.conv(x, 40, 24, k=1)])])
@@ -641,6 +648,125 @@ def test_squeeze_excitation_pools_and_scales_split_over_threads(batch, n_threads
     assert native and max(native) == n_threads
     from tests.test_threads import _session
     np.testing.assert_array_equal(ours, _session(model, 1).run(None, feeds)[0])
+
+
+@pytest.mark.parametrize("g,cin,cob", [(1, 5, 16), (3, 21, 32), (2, 40, 16)])
+def test_scale_rows_scales_each_input_channels_weights(g, cin, cob):
+    rng = np.random.default_rng(g + cin)
+    w = rng.standard_normal((g, cin, cob)).astype(np.float32)
+    s = (rng.standard_normal(cin) * 2).astype(np.float32)
+    out = np.full(w.size, np.nan, np.float32)
+    CD.compile_now(BK.scale_rows, BK.ROWS_SIG)(w.reshape(-1), s, out, cin, cob, g)
+    np.testing.assert_array_equal(out.reshape(w.shape), w * s[None, :, None])
+
+
+def _excited_projection(b: Builder, x: str, c: int, e: int, out_c: int, act=None, residual=False,
+                        gate="se", swap=False) -> str:
+    """1x1 expand + HardSwish, depthwise + HardSwish, the Mul by per-channel factors (gate "se": mean ->
+    1x1 -> SiLU -> 1x1 -> Sigmoid, one factor per image and channel; "const": a (1, e, 1, 1) constant),
+    then the 1x1 projection + BN (+ act) (+ x)."""
+    h = b.node("HardSwish", [b.conv(x, c, e, k=1)])  # (no BN before the factors: theirs would saturate them)
+    h = b.node("HardSwish", [b.conv(h, e, e, k=3, group=e)])
+    if gate == "se":
+        s = b.conv(b.node("HardSwish", [b.conv(b.node("GlobalAveragePool", [h]), e, 8, k=1)]), 8, e, k=1)
+        s = b.node("Sigmoid", [s])
+    else:
+        s = b.const("s", b.rng.uniform(-2, 2, (1, e, 1, 1)).astype(np.float32))
+    y = b.bn(b.conv(b.node("Mul", [s, h] if swap else [h, s]), e, out_c, k=1), out_c)
+    y = b.node(act, [y]) if act else y
+    return b.node("Add", [x, y]) if residual else y
+
+
+def _close_per_channel(ours: np.ndarray, want: np.ndarray, rtol: float) -> None:
+    """Within rtol of each output channel's largest value (the BNs' statistics make some channels
+    thousands of times larger than others: one tolerance for all would hide a wrong small channel)."""
+    scale = np.abs(want).max(axis=(0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(ours / scale, want / scale, rtol=rtol, atol=rtol)
+
+
+def _scaled_convs(sess) -> int:
+    plan = next(iter(sess._plans.values()))
+    return sum(fusion.extra(st.node, "channel_scale") is not None for st in plan.steps)
+
+
+@pytest.mark.parametrize("batch,gate,act,residual,swap", [(1, "se", None, False, False), (2, "se", "Relu", True, True),
+                                                          (2, "const", None, True, False), (1, "se", "Sigmoid", False, True)])
+def test_a_squeeze_excitation_mul_scales_the_next_1x1_convs_weights(batch, gate, act, residual, swap, monkeypatch):
+    """W . (s * x) = (W * s) . x: the conv scales its weights by the factors (each image's own, or one
+    constant set) and reads the Mul's input; the Mul is gone from the plan. Against onnxruntime, and
+    against the plan that keeps the Mul (float32 sums of other products: close, not equal)."""
+    b = Builder(11)
+    x = b.conv("x", 3, 24, k=3)
+    y = _excited_projection(b, x, 24, 96, 24, act, residual, gate, swap)
+    model = b.model({"x": [batch, 3, 10, 12]}, [b.conv(y, 24, 16, k=1)])
+    feeds = {"x": np.random.default_rng(3).standard_normal((batch, 3, 10, 12)).astype(np.float32)}
+    sess, ours = _check(model, feeds)
+    plan = next(iter(sess._plans.values()))
+    assert _scaled_convs(sess) == 1 and not any(st.node.op == "Mul" for st in plan.steps)
+    _close_per_channel(ours[0], run_ort(model, feeds)[0], 1e-4)
+    monkeypatch.setattr(scale_into_weights, "WEIGHTS_PER_INPUT", 0.0)
+    kept, theirs = _check(model, feeds)
+    assert _scaled_convs(kept) == 0 and len(_marks(kept, "Mul")) == 1
+    _close_per_channel(ours[0], theirs[0], 1e-5)
+
+
+def test_a_mul_stays_where_its_conv_has_more_weights_or_it_has_other_readers():
+    b = Builder(12)  # 96 -> 64 weights at 10x12: more than half the 120 pixels
+    model = b.model({"x": [1, 3, 10, 12]}, [_excited_projection(b, b.conv("x", 3, 24, k=3), 24, 96, 64)])
+    feeds = {"x": np.random.default_rng(4).standard_normal((1, 3, 10, 12)).astype(np.float32)}
+    sess, _ = _check(model, feeds)
+    assert _scaled_convs(sess) == 0 and len(_marks(sess, "Mul")) == 1
+    b = Builder(13)  # the Mul's output read by two 1x1 convs
+    h = b.conv(b.conv("x", 3, 32, k=1), 32, 32, k=3, group=32)
+    g = b.node("Mul", [h, b.node("Sigmoid", [b.conv(b.node("GlobalAveragePool", [h]), 32, 32, k=1)])])
+    model = b.model({"x": [1, 3, 10, 12]}, [b.node("Add", [b.conv(g, 32, 16, k=1), b.conv(g, 32, 16, k=1)])])
+    sess, _ = _check(model, feeds)
+    assert _scaled_convs(sess) == 0 and len(_marks(sess, "Mul")) == 1
+    b = Builder(14)  # the Mul's output is the residual a 1x1 conv adds, not its input
+    h = b.conv(b.conv("x", 3, 32, k=1), 32, 32, k=3, group=32)
+    g = b.node("Mul", [h, b.node("Sigmoid", [b.conv(b.node("GlobalAveragePool", [h]), 32, 32, k=1)])])
+    model = b.model({"x": [1, 3, 10, 12]}, [b.conv(b.node("Add", [b.conv(h, 32, 32, k=1), g]), 32, 16, k=1)])
+    sess, _ = _check(model, feeds)
+    assert _scaled_convs(sess) == 0 and len(_marks(sess, "Mul")) == 1
+
+
+@pytest.mark.parametrize("which", [0, -1])
+def test_input_channel_factors_on_a_conv_outside_a_blocked_chain_are_refused(which):
+    """Only the blocked 1x1 kernel in a chain applies them: any other conv build (the 3x3 stem's, the
+    last 1x1's on the blocked kernel with NCHW in and out) names the node instead of ignoring them."""
+    from bninfer.errors import ModelError
+    from bninfer.plan import Plan
+    b = Builder(16)
+    model = b.model({"x": [1, 3, 10, 12]}, [_excited_projection(b, b.conv("x", 3, 24, k=3), 24, 96, 24)])
+    sess = _session(model, 1)
+    graph = sess.optimized_graph().copy()
+    conv = [n for n in graph.nodes if n.op == "Conv"][which]
+    fusion.add_extra(conv, "channel_scale", graph.nodes[0].outputs[0])
+    with pytest.raises(ModelError, match=conv.name):
+        Plan(graph, blocked=False)
+
+
+@pytest.mark.parametrize("out_c,batch,n_threads", [(64, 1, 2), (24, 2, 2), (64, 2, 3)])
+def test_weights_scaled_per_run_split_over_threads(out_c, batch, n_threads, monkeypatch):
+    """The conv scales its weights once per image, before its parts run (over its output blocks, 64
+    channels, or its pixels, 24), natively from the second run: every run gives the one-thread result,
+    bit for bit, each image with its own factors."""
+    b = Builder(15)
+    y = _excited_projection(b, b.conv("x", 3, 24, k=3), 24, 96, out_c)
+    model = b.model({"x": [batch, 3, 14, 16]}, [y])
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.standard_normal((batch, 3, 14, 16)).astype(np.float32)}
+    scaled = []
+    real = record.call
+    monkeypatch.setattr(record, "call", lambda kern, *a: (scaled.append(kern is BK.scale_rows), real(kern, *a)))
+    ours, parts, native = _split_run(model, feeds, n_threads, monkeypatch)
+    assert native and max(native) == n_threads and sum(scaled) >= batch
+    one = _session(model, 1)
+    np.testing.assert_array_equal(ours, one.run(None, feeds)[0])
+    assert _scaled_convs(one) == 1
+    if batch > 1:  # each image its own factors: image 1 alone gives its rows of the batch's result
+        single = _session(b.model({"x": [1, 3, 14, 16]}, [y]), 1).run(None, {"x": feeds["x"][1:]})[0]
+        _close_per_channel(ours[1:], single, 1e-6)
 
 
 def _memory(a: np.ndarray) -> tuple[int, int]:

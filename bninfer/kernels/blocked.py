@@ -119,8 +119,25 @@ def scale_channels(x, s, out, NB, P):
                 out[u + np.uint64(c)] = v[c]
 
 
+@njit(cache=True, nogil=True)
+def scale_rows(w, s, out, CIN, COB, G):
+    """out = w with row (g, ci) times s[ci], for w the G groups of 1x1 weights (CIN, COB) that
+    pack_weights_pw lays out (COB a multiple of 16): the weights of a 1x1 conv whose input is first
+    scaled per channel, W . (s * x) = (W * s) . x. (One vector multiply a row block, as scale_channels.)"""
+    v = stack_f32(CB)
+    for r in range(G * CIN):
+        f = s[r % CIN]
+        for k in range(COB // CB):
+            u = np.uint64(r * COB + k * CB)
+            for c in range(CB):
+                v[c] = w[u + np.uint64(c)] * f
+            for c in range(CB):
+                out[u + np.uint64(c)] = v[c]
+
+
 GAP_SIG = (_A, _A, _I, _I)
 SCALE_SIG = (_A, _A, _A, _I, _I)
+ROWS_SIG = (_A, _A, _A, _I, _I, _I)
 
 
 # -- 1x1 convolution --------------------------------------------------------------------------------

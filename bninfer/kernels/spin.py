@@ -220,7 +220,8 @@ CHAIN_DONE, CHAIN_ASLEEP, CHAIN_LATE, CHAIN_FAILED, CHAIN_FOR_PYTHON = 0, 1, 2, 
 def run_chain(flags, prog, starts, first):
     """Segments first, first + 1, ... of a chain, without Python between them: a table runs here, a
     split is handed over as hand_over does (from native.Split, each cost ~3.6 us of Python, during which
-    the worker idled: MobileNetV2 and EfficientNet-B0 at 2 threads ran 3 % faster as one chain). Returns i * 8 + why, segment i being the one that stopped it:
+    the worker idled: MobileNetV2 and EfficientNet-B0 at 2 threads ran 3 % faster as one chain).
+    Returns i * 8 + why, segment i being the one that stopped it:
     CHAIN_DONE with i = the segment count when every one ran; CHAIN_ASLEEP (a split whose worker sleeps:
     nothing posted), CHAIN_LATE (a split's part its worker took, not seen done within CALLER_SPIN_TICKS),
     CHAIN_FAILED (a segment's call failed; the split's other parts all ran), CHAIN_FOR_PYTHON."""

@@ -810,6 +810,8 @@ def _conv(node, ins, outs):
     from . import conv_blocked
     if node.attrs.get("_blocked"):  # a chain member of bninfer.passes.layout
         return conv_blocked.build(node, ins, outs)
+    if fusion.extra(node, "channel_scale") is not None:  # only a chain's 1x1 conv takes them
+        raise ModelError(f"node {node.name!r} (Conv): input channel factors outside a blocked chain")
     if conv_blocked.blocked_kind(node, ins) == "pw" and np.prod(ins[0].shape[2:]) <= _BLOCKED_1X1_MAX_PIXELS:
         return conv_blocked.build(node, ins, outs, conv_blocked.NCHW)
     g = conv_geometry(node, ins)

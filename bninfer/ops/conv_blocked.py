@@ -105,6 +105,9 @@ def build(node, ins, outs, marks: Marks | None = None):
     kind = blocked_kind(node, ins)
     if kind is None:
         raise ModelError(f"node {node.name!r} (Conv): marked for the blocked layout but does not fit it")
+    factors = fusion.extra(node, "channel_scale")
+    if factors is not None and (kind != "pw" or not marks.x):
+        raise ModelError(f"node {node.name!r} (Conv): input channel factors, but no blocked 1x1 conv")
     g = conv_geometry(node, ins)
     out_shape = (g.batch, g.out_channels) + g.out_spatial
     ep = _Epilogue(node, ins, out_shape, g.out_channels)
@@ -118,7 +121,7 @@ def build(node, ins, outs, marks: Marks | None = None):
     ys = nob * (OH + y_pads[0] + y_pads[2]) * (OW + y_pads[1] + y_pads[3]) * BK.CB  # one image's output
     rs = nob * P * BK.CB  # one image's residual
     if kind == "pw":
-        part_of, macs = _pointwise(g, ep, marks.x, y_pads, ins[1].data, vec)
+        part_of, macs = _pointwise(g, ep, marks.x, y_pads, ins[1].data, vec, factors)
     elif kind == "stem":
         part_of, macs = _dense(g, ep, y_pads, ins[1].data, vec)
     else:
@@ -171,7 +174,9 @@ def build(node, ins, outs, marks: Marks | None = None):
 PIXEL_GRAIN = 16
 
 
-def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
+def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec, factors: int | None = None):
+    """factors: the position of the input's per-channel factors (bninfer.passes.scale_into_weights), which
+    scale the weights each run, before the parts run."""
     cin, cout = g.in_channels, g.out_channels
     OH, OW = g.out_spatial
     P = OH * OW
@@ -197,9 +202,14 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
     ys, rs = nob * yplane, nob * BK.CB * P
     beta, has_post = ep.beta, ep.has_post
     has_res = ep.residual is not None
-    # the units threads split: one group of nb blocks each, (kernel, nb, first block, weights, offset)
-    units = [(kern, nb, first + k * nb, wk, k * cin * nb * BK.CB)
-             for kern, nb, first, wk in runs for k in range(len(wk) // (cin * nb * BK.CB))]
+    # the units threads split: one group of nb blocks each, (kernel, nb, first block, run, offset)
+    units = [(kern, nb, first + k * nb, r, k * cin * nb * BK.CB)
+             for r, (kern, nb, first, wk) in enumerate(runs) for k in range(len(wk) // (cin * nb * BK.CB))]
+    packed = [wk for _, _, _, wk in runs]
+    if factors is not None:
+        CD.compile_now(BK.scale_rows, BK.ROWS_SIG)
+        starts = np.cumsum([0] + [wk.size for wk in packed])
+        scaled = _PaddedInput(int(starts[-1]))  # the caller's: the parts read it
 
     groups = max(1, P // PIXEL_GRAIN)
     border = any(y_pads)
@@ -215,12 +225,21 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
         copy that runs as a split of its own before the parts (the stem's padding, a border's clearing)."""
         xn, yn = x[n * xs:(n + 1) * xs], y[n * ys:(n + 1) * ys]
         rn = r[n * rs:(n + 1) * rs] if has_res else r
+        weights, kept = packed, threads.owners(x)
+        if factors is not None:
+            buf = scaled.get()
+            weights, kept = [buf[starts[k]:starts[k + 1]] for k in range(len(packed))], kept + (buf,)
+            s = i[factors].reshape(-1)
+            s = s[n * cin:(n + 1) * cin] if s.size > cin else s[:cin]
+            for wk, ws, (_, nb, _, _) in zip(packed, weights, runs):
+                record.call(BK.scale_rows, wk, s, ws, cin, nb * BK.CB, wk.size // (cin * nb * BK.CB))
 
         def units_over(u0, u1, q0, q1, clear=False):  # units [u0, u1) over pixels [q0, q1); a kernel's units
             calls = []                                     # in one call (clear: their blocks' border first)
             u = u0
             while u < u1:
-                kern, nb, b0, wk, w0 = units[u]
+                kern, nb, b0, run, w0 = units[u]
+                wk = weights[run]
                 v = u + 1
                 while v < u1 and units[v][0] is kern:
                     v += 1
@@ -238,13 +257,13 @@ def _pointwise(g, ep, x_blocked: bool, y_pads, wdata, vec):
             return units_over(0, len(units), g0 * PIXEL_GRAIN, P if g1 == groups else g1 * PIXEL_GRAIN)
 
         if _even_units(len(units), threads.current_size()):
-            return (lambda u0, u1: units_over(u0, u1, 0, P, border)), len(units), threads.owners(x)
+            return (lambda u0, u1: units_over(u0, u1, 0, P, border)), len(units), kept
         # too few output blocks to share out evenly (a projection to 16-64 channels, or 5 units of 144
         # channels over 2 threads): each thread takes a run of pixels through every block instead, reading
         # all the weights and its share of the input
         if border:
             _clear_border_first(yn, nob, yplane, OHp, OWp, y_pads, P, clear_tables[n], i, o, y)
-        return pixels, groups, threads.owners(x)
+        return pixels, groups, kept
     return part_of, cout * cin * P
 
 

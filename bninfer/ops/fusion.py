@@ -13,7 +13,9 @@ and, when it has a prologue, reads each in-bounds input element x of input chann
     "activation":     None or (op, attrs) from bninfer.activations.TABLE ("PRelu" takes a slope input)
     "pre_activation": None or (op, attrs)
 and extra inputs appended after the op's own inputs, named in node.attrs["extras"] (key -> position):
-    residual, post_scale, post_shift, pre_scale, pre_shift, slope, pre_slope.
+    residual, post_scale, post_shift, pre_scale, pre_shift, slope, pre_slope, and channel_scale: run-time
+    factors (N or 1, C, 1, 1) of the input's channels (x' = s * x), which only the blocked 1x1 conv takes
+    (bninfer.passes.scale_into_weights, in a plan's own copy of the graph).
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from ..ir import Node
 OWN_INPUTS = {"Conv": 3, "ConvTranspose": 3, "Gemm": 3, "MatMul": 2, "BatchNormalization": 5,
               "GlobalAveragePool": 1, "GlobalMaxPool": 1}
 
-EXTRA_KEYS = ("bias", "residual", "post_scale", "post_shift", "pre_scale", "pre_shift", "slope", "pre_slope")
+EXTRA_KEYS = ("bias", "residual", "post_scale", "post_shift", "pre_scale", "pre_shift", "slope", "pre_slope",
+              "channel_scale")
 
 
 def add_extra(node: Node, key: str, value_name: str, base_inputs: int | None = None) -> None:
