@@ -180,7 +180,7 @@ def test_pointwise_kernel_last_tile_overlaps(P, tile, tpc):
     kern = CD.pointwise_kernel(cot, pxt, activations.RELU, -1, True, True)  # applied inline in the tile store
     CD.compile_now(kern, CD.PW_SIG)
     out = np.full(cout * P + 40, 7.0, np.float32)
-    kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, b, res.reshape(-1),
+    kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, 0, P, b, res.reshape(-1),
          np.zeros(cout, np.float32), 0.0, ps, pt, tpc, *_NO_PROLOGUE(cin))
     ref = (np.maximum(w.astype(np.float64) @ x + b[:, None] + res, 0) * ps[:, None] + pt[:, None])
     np.testing.assert_allclose(out[:cout * P].reshape(cout, P), ref, rtol=1e-5, atol=1e-5)
@@ -204,12 +204,47 @@ def test_pointwise_kernel_span_activation_per_chunk(P, tpc):
     for a in (1.0, 1.5):
         alpha = np.full(cout, a, np.float32)
         out = np.full(cout * P + 40, 7.0, np.float32)
-        kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, b, res.reshape(-1), alpha, 0.0,
+        kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, 0, P, b, res.reshape(-1), alpha, 0.0,
              ps, pt, tpc, *_NO_PROLOGUE(cin))
         y = w.astype(np.float64) @ x + b[:, None] + res
         ref = y / (1 + np.exp(-a * y)) * ps[:, None] + pt[:, None]
         np.testing.assert_allclose(out[:cout * P].reshape(cout, P), ref, rtol=1e-5, atol=1e-5)
         assert (out[cout * P:] == 7.0).all()
+
+
+@pytest.mark.parametrize("act,pre", [(activations.RELU, -1), (activations.SWISH, -1), (activations.NONE, activations.RELU)])
+@pytest.mark.parametrize("cuts", [(0, 16, 48, 70), (0, 35, 70), (0, 19, 51, 70)])
+@pytest.mark.parametrize("tpc", [0, 1])
+def test_pointwise_kernel_over_pixel_ranges_gives_the_whole_layer(act, pre, cuts, tpc):
+    """Calls over pixel ranges that cover P (threads' shares; a range need not be a multiple of the tile:
+    its last tile moves back to end at the range's end) give the whole layer's output, residual, affine,
+    span activation and prologue included, and each call writes only its own pixels."""
+    cin, cout, P = 9, 15, 70
+    cot, pxt = tiles.HOST.pointwise[0]
+    if min(b - a for a, b in zip(cuts, cuts[1:])) < pxt:
+        pytest.skip("a range below the host's pixel tile")
+    x, w = randn(cin, P, seed=1) * 2, randn(cout, cin, seed=2)
+    b, res, ps, pt = randn(cout, seed=3), randn(cout, P, seed=4), randn(cout, seed=5), randn(cout, seed=6)
+    scale, shift = randn(cin, seed=7), randn(cin, seed=8)
+    kern = CD.pointwise_kernel(cot, pxt, act, pre, True, act != activations.SWISH)
+    CD.compile_now(kern, CD.PW_SIG)
+    xs = np.zeros(CD.pw_scratch_size(cin, P, pxt, tpc), np.float32)
+    pro = (scale, shift, np.zeros(cin, np.float32), 0.0, xs) if pre >= 0 else _NO_PROLOGUE(cin)
+    alpha = np.ones(cout, np.float32)
+    post = (ps, pt) if act != activations.SWISH else (np.ones(cout, np.float32), np.zeros(cout, np.float32))
+    out = np.full(cout * P, 7.0, np.float32)
+    for q0, q1 in zip(cuts, cuts[1:]):
+        before = out.reshape(cout, P).copy()
+        kern(x.reshape(-1), CD.pack_weights_pw(w, cot), out, cin, cout, P, q0, q1, b, res.reshape(-1), alpha, 0.0,
+             *post, tpc, *pro)
+        outside = np.ones(P, bool)
+        outside[q0:q1] = False
+        np.testing.assert_array_equal(out.reshape(cout, P)[:, outside], before[:, outside])
+    xin = np.maximum(x * scale[:, None] + shift[:, None], 0) if pre >= 0 else x
+    y = w.astype(np.float64) @ xin + b[:, None] + res
+    y = np.maximum(y, 0) if act == activations.RELU else y / (1 + np.exp(-y)) if act == activations.SWISH else y
+    ref = y * post[0][:, None] + post[1][:, None]
+    np.testing.assert_allclose(out.reshape(cout, P), ref, rtol=1e-5, atol=1e-5)
 
 
 def _NO_PROLOGUE(cin):
@@ -254,7 +289,7 @@ def _check_pointwise_prologue(cin, cout, P, code, per_channel, beta, tpc, act):
     out = np.full(cout * P, np.nan, np.float32)
     size = CD.pw_scratch_size(cin, P, 32, tpc)
     xs = np.full(size + 64, np.nan, np.float32)
-    kern(x.reshape(-1), CD.pack_weights_pw(w, 12), out, cin, cout, P, b, np.zeros(0, np.float32),
+    kern(x.reshape(-1), CD.pack_weights_pw(w, 12), out, cin, cout, P, 0, P, b, np.zeros(0, np.float32),
          np.zeros(cout, np.float32), 0.0, b, b, tpc, scale, shift, alpha, beta, xs)
     assert np.isnan(xs[size:]).all(), "the prologue wrote past its scratch"
     v = x.astype(np.float64) * scale[:, None] + shift[:, None]

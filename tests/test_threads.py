@@ -86,6 +86,7 @@ def _ort_conv_shape(x, w, attrs):
 SPLIT_CASES = {
     "pointwise": ((1, 24, 14, 14), (40, 24, 1, 1), dict()),
     "pointwise s2": ((1, 24, 27, 28), (40, 24, 1, 1), dict(strides=[2, 2])),  # the input taken first
+    "pointwise pixels": ((1, 24, 20, 23), (64, 24, 1, 1), dict()),  # 11 tiles of 6: split over pixels
     "direct 3x3 s2": ((1, 24, 13, 11), (70, 24, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
     "direct 1x1 7x7": ((1, 64, 7, 7), (72, 64, 1, 1), dict()),
     "rowvec stem": ((1, 3, 30, 40), (40, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
@@ -146,12 +147,12 @@ def test_kernel_split_over_threads_gives_the_serial_result(case, n_threads, monk
     np.testing.assert_allclose(out, run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)
 
 
-def _preact_pointwise(seed=0):
+def _preact_pointwise(seed=0, cout=56):
     """BN -> ReLU -> 1x1 conv: the pointwise kernel with its prologue, which it applies into a scratch."""
     from onnx import helper
 
     from tests.util import make_model
-    cin, cout = 40, 56
+    cin = 40
     consts = {"g": randn(cin, seed=seed), "be": randn(cin, seed=seed + 1), "m": randn(cin, seed=seed + 2),
               "v": np.abs(randn(cin, seed=seed + 3)) + 0.5, "w": randn(cout, cin, 1, 1, seed=seed + 4) * 0.3}
     nodes = [helper.make_node("BatchNormalization", ["x", "g", "be", "m", "v"], ["n"]),
@@ -161,13 +162,52 @@ def _preact_pointwise(seed=0):
     return model, {"x": randn(1, cin, 30, 31, seed=seed + 5)}
 
 
+@pytest.mark.parametrize("tiles_,P,cout,threads_,pixels", [
+    (11, 3136, 64, 2, True),     # ResNet-50's 64-channel layers at 56x56: 6 + 5 tiles otherwise
+    (43, 3136, 256, 2, True), (22, 3136, 128, 2, False), (22, 784, 128, 3, True),
+    (11, 3136, 64, 1, False),    # one thread: no split at all
+    (11, 100, 64, 2, False),     # too few pixels for two shares of 4 tiles
+    (43, 196, 256, 2, False),    # more weights than pixels: every part would read them all
+])
+def test_a_1x1_layer_splits_over_pixels_when_its_tiles_do_not_share_out(tiles_, P, cout, threads_, pixels):
+    from bninfer.ops.conv import _pixel_split
+    assert _pixel_split(tiles_, P, cout, 16, threads_) == pixels
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_a_pixel_split_covers_every_pixel_once(n_threads, monkeypatch):
+    """64 output channels in 11 tiles of 6 (AVX2; 12 x 32 and 16 x 16 elsewhere): the layer splits over
+    its 460 pixels in 28 groups of 16 (the last one longer), and gives the serial result."""
+    from bninfer import threads
+    from bninfer.ops.conv import _pick_pw_tile
+    cot, _ = _pick_pw_tile(64, 460)
+    if cot != 6:
+        pytest.skip("the host's 1x1 tile is not 6 channels")
+    model, feeds = _conv_block(*SPLIT_CASES["pointwise pixels"])
+    serial = _session(model, 1).run(None, feeds)[0]
+    counts = []
+    real = threads.split_calls
+
+    def spy(calls, n, *args):
+        made = calls(0, n)
+        if made and made[0][0].__name__.startswith("pointwise_kernel"):
+            counts.append(n)
+            assert made[0][1][6:8] == (0, 460)  # the whole range: pixels [Q0, Q1)
+        return real(calls, n, *args)
+    monkeypatch.setattr(threads, "split_calls", spy)
+    out, parts, _ = _split_run(model, feeds, n_threads, monkeypatch)
+    assert counts and set(counts) == {460 // 16} and max(parts) == n_threads
+    np.testing.assert_array_equal(out, serial)
+
+
 @pytest.mark.parametrize("native_plan", [True, False], ids=["native plan", "python plan"])
-def test_a_split_prologue_gives_every_part_a_scratch_of_its_own(native_plan, monkeypatch):
-    """The pointwise kernel's parts (blocks of output channels) each apply the prologue to the same
-    pixels, into a scratch: parts packed by one thread (a plan that never records packs its layers' parts
-    at their second run) must not share it."""
+@pytest.mark.parametrize("cout", [56, 64])
+def test_a_split_prologue_gives_every_part_a_scratch_of_its_own(native_plan, cout, monkeypatch):
+    """The pointwise kernel's parts (blocks of output channels, 56; pixels, 64: 11 tiles of 6 on AVX2)
+    each apply the prologue into a scratch, to the same pixels or their own: parts packed by one thread
+    (a plan that never records packs its layers' parts at their second run) must not share it."""
     from tests.util import run_ort
-    model, feeds = _preact_pointwise()
+    model, feeds = _preact_pointwise(cout=cout)
     assert [n.op for n in _session(model, 1).optimized_graph().nodes] == ["Conv"]  # BN and ReLU its prologue
     serial = _session(model, 1).run(None, feeds)[0]
     out, parts, native = _split_run(model, feeds, 2, monkeypatch, runs=6, native_plan=native_plan)

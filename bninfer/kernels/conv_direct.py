@@ -234,18 +234,19 @@ def pack_weights_pw(w: np.ndarray, cot: int) -> np.ndarray:
 
 
 def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
-    """kern(x, w, out, CIN, COUT, P, bias, res, alpha, beta, ps, pt, tpc, pre_scale, pre_shift, pre_alpha,
-    pre_beta, xs): the 1x1 convolution out (COUT, P) = ps * act(W (COUT, CIN) . x (CIN, P) + bias + res) + pt
-    on NCHW data, the residual with RES, the affine ps, pt with POST (compile-time flags), a register
-    tile of COT output channels (weights broadcast) x PXT consecutive pixels (vector loads and stores),
-    epilogue fused. No packing of the input. Pixels go in chunks of tpc tiles (0: all at once).
+    """kern(x, w, out, CIN, COUT, P, Q0, Q1, bias, res, alpha, beta, ps, pt, tpc, pre_scale, pre_shift,
+    pre_alpha, pre_beta, xs): the 1x1 convolution out (COUT, P) = ps * act(W (COUT, CIN) . x (CIN, P) + bias +
+    res) + pt over the pixels [Q0, Q1) of P (threads split a layer whose output tiles do not share out
+    evenly over its pixels), on NCHW data, the residual with RES, the affine ps, pt with POST (compile-time
+    flags), a register tile of COT output channels (weights broadcast) x PXT consecutive pixels (vector
+    loads and stores), epilogue fused. No packing of the input. Pixels go in chunks of tpc tiles (0: all at once).
     PRE >= 0 (an INLINE_CODES activation) fuses the prologue act(x * pre_scale + pre_shift): it is
     applied once per chunk of pixels, every input channel, into xs (CIN x the chunk's pixels, the
     caller's scratch: the running thread's own, or a packed part's, in L2), which every block of output
     channels then reads. (Applied in the loads, it was recomputed for every block: two vector operations
     per COT vector FMAs, a third more work on AVX2's 6-channel tiles, where DenseNet's pre-activation 1x1
-    layers ran at 25 GFLOP/s against 30 for plain ones.) P >= PXT: when PXT does not divide P, the last
-    tile is moved back to end at P, overlapping its neighbour, so every tile is a full vector tile; the
+    layers ran at 25 GFLOP/s against 30 for plain ones.) Q1 - Q0 >= PXT: when PXT does not divide it, the
+    last tile is moved back to end at Q1, overlapping its neighbour, so every tile is a full vector tile; the
     pixels both compute get the same sums in the same order, so writing them twice is harmless (a scalar
     remainder loop made 28x28 and 14x14 layers run at half speed)."""
     key = ("pw", COT, PXT, ACT, PRE, RES, POST)
@@ -261,7 +262,7 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     @named("pointwise_kernel", key)
-    def kern(x, w, out, CIN, COUT, P, bias, res, alpha, beta, ps, pt, tpc, psc, psh, pal, pbeta, xs):
+    def kern(x, w, out, CIN, COUT, P, Q0, Q1, bias, res, alpha, beta, ps, pt, tpc, psc, psh, pal, pbeta, xs):
         nob = (COUT + COT - 1) // COT
         hi = np.float32(beta)  # Clip's upper bound
         post = np.bool_(POST)  # a plain bool for the spans: a literal one compiles a scalar specialisation
@@ -269,7 +270,8 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
         xv = stack_f32(PXT)
         v = stack_f32(PXT)
         uP = np.uint64(P)
-        ntiles = (P + PXT - 1) // PXT
+        last = Q1 - PXT  # the last tile's first pixel
+        ntiles = (Q1 - Q0 + PXT - 1) // PXT
         # pixel chunks of tpc tiles, every output block over one chunk before the next: the chunk's
         # input stays in L2 (a sweep over all pixels per block re-read the whole input from L3 every
         # time), and a span activation runs over the block's chunk while it is in L1/L2.
@@ -281,8 +283,8 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
             q0 = np.uint64(0)  # src holds pixel p of channel ci at ci * stride + p - q0
             stride = uP
             if PRE >= 0:
-                q0 = np.uint64(min(t0 * PXT, P - PXT))
-                nq = min((t1 - 1) * PXT, P - PXT) + PXT - np.int64(q0)
+                q0 = np.uint64(min(Q0 + t0 * PXT, last))
+                nq = min(Q0 + (t1 - 1) * PXT, last) + PXT - np.int64(q0)
                 stride = np.uint64(nq)
                 for ci in range(CIN):
                     prologue_span(x, np.uint64(ci) * uP + q0, 1, xs, np.uint64(ci) * stride, 1, nq, psc[ci],
@@ -291,7 +293,7 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
             for ob in range(nob):
                 wb = ob * CIN * COT
                 for t in range(t0, t1):
-                    p0 = min(t * PXT, P - PXT)
+                    p0 = min(Q0 + t * PXT, last)
                     for c in range(COT):  # the sums start from the bias (past COUT: never stored)
                         bc = bias[min(ob * COT + c, COUT - 1)]
                         for j in range(PXT):
@@ -326,17 +328,17 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
                         for j in range(PXT):
                             out[o + np.uint64(j)] = v[j]
                 if not INLINE:  # the chunk's pixels; a tile moved back rewrote the ones it shares raw
-                    activate_pixels(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, min(t0 * PXT, P - PXT),
-                                    min((t1 - 1) * PXT, P - PXT) + PXT, alpha, hi, beta, post, ps, pt)
+                    activate_pixels(ACT, out, ob * COT, min(ob * COT + COT, COUT), P, min(Q0 + t0 * PXT, last),
+                                    min(Q0 + (t1 - 1) * PXT, last) + PXT, alpha, hi, beta, post, ps, pt)
     if cache:
         _KERNELS[key] = kern
     return kern
 
 
 PW_SIG = (types.float32[::1], types.float32[::1], types.float32[::1], types.int64, types.int64, types.int64,
-          types.float32[::1], types.float32[::1], types.float32[::1], types.float64, types.float32[::1],
-          types.float32[::1], types.int64, types.float32[::1], types.float32[::1], types.float32[::1],
-          types.float64, types.float32[::1])
+          types.int64, types.int64, types.float32[::1], types.float32[::1], types.float32[::1], types.float64,
+          types.float32[::1], types.float32[::1], types.int64, types.float32[::1], types.float32[::1],
+          types.float32[::1], types.float64, types.float32[::1])
 
 
 def pw_scratch_size(CIN: int, P: int, PXT: int, tpc: int) -> int:
