@@ -870,6 +870,48 @@ def test_1x1_convs_over_small_images_take_the_blocked_kernel_nchw_in_and_out(cin
         assert parts and native
 
 
+def _strided_downsample(cin, cout, size, stride, batch, seed=0):
+    """ResNet's projection shortcut: a strided 1x1 conv + BN added to a strided 3x3 conv + BN, then ReLU."""
+    b = Builder(seed)
+    short = b.bn(b.conv("x", cin, cout, k=1, stride=stride, pad=0), cout)
+    main = b.bn(b.conv("x", cin, cout, k=3, stride=stride), cout)
+    y = b.node("Relu", [b.node("Add", [main, short])])
+    rng = np.random.default_rng(seed)
+    return b.model({"x": [batch, cin, *size]}, [y]), {"x": rng.standard_normal((batch, cin, *size)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("cin,cout,size,stride,batch", [(64, 128, (14, 14), 2, 1), (40, 72, (13, 15), 2, 2),
+                                                        (48, 64, (28, 27), 2, 1), (24, 40, (12, 10), 3, 1)])
+def test_strided_1x1_convs_take_the_blocked_kernel_from_their_subsampled_input(cin, cout, size, stride, batch,
+                                                                               monkeypatch):
+    """A strided 1x1 conv with few output pixels (ResNet-50's 1024 -> 2048 at 7x7 ran 27 GFLOP/s on the
+    direct kernel, the blocked 1x1 kernel 33-35) takes its input subsampled into a buffer of its own (a
+    split of its own over the planes), then the blocked kernel, NCHW in and out; over more pixels it
+    stays on the NCHW kernels (28x27 / 2: 196 pixels, blocked; the others fewer)."""
+    from bninfer import threads
+    built = _builds_with_marks(monkeypatch)
+    model, feeds = _strided_downsample(cin, cout, size, stride, batch)
+    sess, ours = _check(model, feeds)
+    assert built == [conv_blocked.NCHW]  # the 1x1 (with the Add as its residual, or the 3x3 with it)
+    subsampled = []
+    real = threads.split_calls
+
+    def spy(calls, n, *a, **k):
+        made = calls(0, n)
+        subsampled.append(bool(made) and made[0][0] is CD.subsample_planes)
+        return real(calls, n, *a, **k)
+    monkeypatch.setattr(threads, "split_calls", spy)
+    out, parts, native = _split_run(model, feeds, 2, monkeypatch)
+    assert any(subsampled) and parts and native
+    np.testing.assert_array_equal(out, ours[0])  # same sums on two threads
+
+
+def test_a_strided_1x1_conv_over_many_pixels_stays_on_the_nchw_kernels(monkeypatch):
+    built = _builds_with_marks(monkeypatch)
+    _check(*_strided_downsample(32, 64, (30, 30), 2, 1))  # 225 output pixels
+    assert built == []
+
+
 def test_1x1_convs_over_larger_images_stay_on_the_nchw_kernels(monkeypatch):
     built = _builds_with_marks(monkeypatch)
     _check(*_resnet_tail(32, 64, 15, 1))  # 225 pixels

@@ -513,11 +513,12 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 # what differs is the waste: 16 channels x 16 pixels pads 64/256/512 channels and 196 or 784 pixels less
 # (ResNet-50's layers, MobileNet's at 14x14 and 28x28: 5-25 % faster), 12 x 32 suits 24 or 144 channels
 # (MobileNet's 56x56 layers: 16x16 there was 25 % slower).
-# 1x1 convs over at most this many pixels (ResNet-50's 14x14 and 7x7 stages) take the blocked 1x1 kernel
-# with NCHW in and out (bninfer.ops.conv_blocked, its output converted from a scratch): its tile of 32
-# output channels x 7-8 pixels broadcasts inputs against two weight vectors and beat the NCHW kernels
+# 1x1 convs of at most this many output pixels (ResNet-50's 14x14 and 7x7 stages) take the blocked 1x1
+# kernel with NCHW in and out (bninfer.ops.conv_blocked, its output converted from a scratch): its tile of
+# 32 output channels x 7-8 pixels broadcasts inputs against two weight vectors and beat the NCHW kernels
 # there on an Intel host (ResNet-50 at 1 thread 4 % faster in two in-process A/B runs, at 2 threads
-# unchanged); over 28x28 and 56x56 images the conversion of the output took the gain back.
+# unchanged); over 28x28 and 56x56 images the conversion of the output took the gain back. A strided one
+# takes its subsampled input first.
 _BLOCKED_1X1_MAX_PIXELS = 196
 # The pointwise kernel's pixel chunks: this much input, kept in L2 while every output block reads it.
 # Inside ResNet-50, 256->64 at 56x56 (a 3 MB input) went 1.16-1.21 -> 0.96-1.09 ms in two runs; alone,
@@ -832,7 +833,8 @@ def _conv(node, ins, outs):
         return conv_blocked.build(node, ins, outs)
     if fusion.extra(node, "channel_scale") is not None:  # only a chain's 1x1 conv takes them
         raise ModelError(f"node {node.name!r} (Conv): input channel factors outside a blocked chain")
-    if conv_blocked.blocked_kind(node, ins) == "pw" and np.prod(ins[0].shape[2:]) <= _BLOCKED_1X1_MAX_PIXELS:
+    if (conv_blocked.blocked_kind(node, ins, strided=True) == "pw"
+            and np.prod(outs[0].shape[2:]) <= _BLOCKED_1X1_MAX_PIXELS):
         return conv_blocked.build(node, ins, outs, conv_blocked.NCHW)
     g = conv_geometry(node, ins)
     base = fusion.base_inputs(node)

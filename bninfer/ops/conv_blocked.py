@@ -35,8 +35,8 @@ def pads_of(node, ins) -> tuple[int, int, int, int]:
     return (PH, PW, EH, EW)
 
 
-def blocked_kind(node, ins) -> str | None:
-    """"pw" (1x1, stride 1, unpadded, group 1, at least PW_MIN_PIXELS pixels), "dw" (depthwise,
+def blocked_kind(node, ins, strided: bool = False) -> str | None:
+    """"pw" (1x1, stride 1 or with `strided` any, unpadded, group 1, at least PW_MIN_PIXELS pixels), "dw" (depthwise,
     multiplier 1, rows of at least DW_MIN_WIDTH) or "stem" (any other group-1 conv of at most
     STEM_MAX_CHANNELS input channels, rows of at least STEM_MIN_WIDTH) for a 2-D float32 Conv with
     constant weights and bias, no prologue, no affine after an activation the kernels do not inline
@@ -64,7 +64,7 @@ def blocked_kind(node, ins) -> str | None:
         if r is None or r.shape is None or tuple(r.shape) != out_shape:
             return None
     # smaller images stay NCHW: little to gain, and each size would compile kernels of its own
-    if g.group == 1 and g.kernel == (1, 1) and g.strides == (1, 1) and not any(g.pads_begin + g.pads_end):
+    if g.group == 1 and g.kernel == (1, 1) and (strided or g.strides == (1, 1)) and not any(g.pads_begin + g.pads_end):
         return "pw" if np.prod(g.out_spatial) >= BK.PW_MIN_PIXELS else None
     if g.group == g.in_channels == g.out_channels > 1:
         return "dw" if g.out_spatial[1] >= BK.DW_MIN_WIDTH else None
@@ -92,7 +92,8 @@ NCHW = Marks(False, False, False, None, None)
 
 def build(node, ins, outs, marks: Marks | None = None):
     """The run of a Conv with the blocked kernels; its values stored as `marks` says (default: the
-    node's own, from bninfer.passes.layout)."""
+    node's own, from bninfer.passes.layout). NCHW in and out (NCHW), a strided 1x1 conv takes its
+    subsampled input into a buffer of its own first."""
     marks = marks or node.attrs["_blocked"]
     wshape = ins[1].data.shape
     group = int(node.attrs.get("group", 1))
@@ -102,7 +103,7 @@ def build(node, ins, outs, marks: Marks | None = None):
     res_pos = fusion.extra(node, "residual")
     if marks.res:
         ins[res_pos] = _logical(ins[res_pos], wshape[0], None)
-    kind = blocked_kind(node, ins)
+    kind = blocked_kind(node, ins, strided=marks == NCHW)
     if kind is None:
         raise ModelError(f"node {node.name!r} (Conv): marked for the blocked layout but does not fit it")
     factors = fusion.extra(node, "channel_scale")
@@ -127,6 +128,13 @@ def build(node, ins, outs, marks: Marks | None = None):
     else:
         part_of, macs = _depthwise(g, ep, marks.x_pads is not None, y_pads, ins[1].data, vec)
     has_res = ep.residual is not None
+    subsample = kind == "pw" and g.strides != (1, 1)  # (NCHW in: blocked_kind took the stride for it)
+    if subsample:  # the strided input, taken into a buffer of the layer's (the caller's) each run
+        H, W = g.in_spatial
+        SH, SW = g.strides
+        planes = g.batch * g.in_channels
+        taken = _PaddedInput(planes * P)
+        take_tables = threads.PartTables()
     scratch_y = None if marks.y else _PaddedInput(g.batch * ys)
     assert scratch_y is None or ys == rs  # an NCHW output has no border of its own
     scratch_r = _PaddedInput(g.batch * rs) if has_res and not marks.res else None
@@ -146,6 +154,13 @@ def build(node, ins, outs, marks: Marks | None = None):
 
     def run(i, o):
         x = i[0].reshape(-1)
+        if subsample:
+            xt = taken.get()
+
+            def take(c0, c1):  # planes [c0, c1) of every image's
+                return [(CD.subsample_planes, (x[c0 * H * W:], xt[c0 * P:], c1 - c0, H, W, SH, SW, OH, OW))]
+            split_copy(take, planes, planes * H * W, take_tables, i, o, x, xt)
+            x = xt
         if has_res:
             r = i[ep.residual].reshape(-1)
             if scratch_r is not None:
