@@ -38,8 +38,9 @@ class Plan:
     def __init__(self, graph: Graph, blocked: bool = True, native: bool = True):
         """The plan of `graph` (static shapes); with `blocked`, depthwise-separable chains run on
         channel-blocked values (bninfer.passes.layout, on a copy: self.graph stays as given; their
-        squeeze-excitation factors scale the next 1x1 conv's weights, bninfer.passes.scale_into_weights); with
-        `native`, from an arena's second run on, stretches of steps run as native calls (bninfer.native)."""
+        squeeze-excitation factors scale the next 1x1 conv's weights, bninfer.passes.scale_into_weights);
+        with `native`, from an arena's second run on, stretches of steps run as native calls
+        (bninfer.native)."""
         self.graph = graph
         self.native = native
         if blocked:

@@ -689,8 +689,9 @@ def _scaled_convs(sess) -> int:
     return sum(fusion.extra(st.node, "channel_scale") is not None for st in plan.steps)
 
 
-@pytest.mark.parametrize("batch,gate,act,residual,swap", [(1, "se", None, False, False), (2, "se", "Relu", True, True),
-                                                          (2, "const", None, True, False), (1, "se", "Sigmoid", False, True)])
+@pytest.mark.parametrize("batch,gate,act,residual,swap", [
+    (1, "se", None, False, False), (2, "se", "Relu", True, True), (2, "const", None, True, False),
+    (1, "se", "Sigmoid", False, True)])
 def test_a_squeeze_excitation_mul_scales_the_next_1x1_convs_weights(batch, gate, act, residual, swap, monkeypatch):
     """W . (s * x) = (W * s) . x: the conv scales its weights by the factors (each image's own, or one
     constant set) and reads the Mul's input; the Mul is gone from the plan. Against onnxruntime, and
@@ -877,7 +878,8 @@ def _strided_downsample(cin, cout, size, stride, batch, seed=0):
     main = b.bn(b.conv("x", cin, cout, k=3, stride=stride), cout)
     y = b.node("Relu", [b.node("Add", [main, short])])
     rng = np.random.default_rng(seed)
-    return b.model({"x": [batch, cin, *size]}, [y]), {"x": rng.standard_normal((batch, cin, *size)).astype(np.float32)}
+    feeds = {"x": rng.standard_normal((batch, cin, *size)).astype(np.float32)}
+    return b.model({"x": [batch, cin, *size]}, [y]), feeds
 
 
 @pytest.mark.parametrize("cin,cout,size,stride,batch", [(64, 128, (14, 14), 2, 1), (40, 72, (13, 15), 2, 2),

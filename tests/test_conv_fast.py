@@ -212,7 +212,8 @@ def test_pointwise_kernel_span_activation_per_chunk(P, tpc):
         assert (out[cout * P:] == 7.0).all()
 
 
-@pytest.mark.parametrize("act,pre", [(activations.RELU, -1), (activations.SWISH, -1), (activations.NONE, activations.RELU)])
+@pytest.mark.parametrize("act,pre", [(activations.RELU, -1), (activations.SWISH, -1),
+                                     (activations.NONE, activations.RELU)])
 @pytest.mark.parametrize("cuts", [(0, 16, 48, 70), (0, 35, 70), (0, 19, 51, 70)])
 @pytest.mark.parametrize("tpc", [0, 1])
 def test_pointwise_kernel_over_pixel_ranges_gives_the_whole_layer(act, pre, cuts, tpc):

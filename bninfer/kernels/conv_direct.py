@@ -235,20 +235,21 @@ def pack_weights_pw(w: np.ndarray, cot: int) -> np.ndarray:
 
 def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
     """kern(x, w, out, CIN, COUT, P, Q0, Q1, bias, res, alpha, beta, ps, pt, tpc, pre_scale, pre_shift,
-    pre_alpha, pre_beta, xs): the 1x1 convolution out (COUT, P) = ps * act(W (COUT, CIN) . x (CIN, P) + bias +
-    res) + pt over the pixels [Q0, Q1) of P (threads split a layer whose output tiles do not share out
-    evenly over its pixels), on NCHW data, the residual with RES, the affine ps, pt with POST (compile-time
-    flags), a register tile of COT output channels (weights broadcast) x PXT consecutive pixels (vector
-    loads and stores), epilogue fused. No packing of the input. Pixels go in chunks of tpc tiles (0: all at once).
+    pre_alpha, pre_beta, xs): the 1x1 convolution out (COUT, P) = ps * act(W (COUT, CIN) . x (CIN, P) +
+    bias + res) + pt over the pixels [Q0, Q1) of P (threads split a layer whose output tiles do not share
+    out evenly over its pixels), on NCHW data, the residual with RES, the affine ps, pt with POST
+    (compile-time flags), a register tile of COT output channels (weights broadcast) x PXT consecutive
+    pixels (vector loads and stores), epilogue fused. No packing of the input. Pixels go in chunks of tpc
+    tiles (0: all at once).
     PRE >= 0 (an INLINE_CODES activation) fuses the prologue act(x * pre_scale + pre_shift): it is
     applied once per chunk of pixels, every input channel, into xs (CIN x the chunk's pixels, the
     caller's scratch: the running thread's own, or a packed part's, in L2), which every block of output
     channels then reads. (Applied in the loads, it was recomputed for every block: two vector operations
     per COT vector FMAs, a third more work on AVX2's 6-channel tiles, where DenseNet's pre-activation 1x1
-    layers ran at 25 GFLOP/s against 30 for plain ones.) Q1 - Q0 >= PXT: when PXT does not divide it, the
-    last tile is moved back to end at Q1, overlapping its neighbour, so every tile is a full vector tile; the
-    pixels both compute get the same sums in the same order, so writing them twice is harmless (a scalar
-    remainder loop made 28x28 and 14x14 layers run at half speed)."""
+    layers ran at 25 GFLOP/s against 30 for plain ones.) Q1 - Q0 >= PXT: when PXT does not divide it,
+    the last tile is moved back to end at Q1, overlapping its neighbour, so every tile is a full vector
+    tile; the pixels both compute get the same sums in the same order, so writing them twice is harmless
+    (a scalar remainder loop made 28x28 and 14x14 layers run at half speed)."""
     key = ("pw", COT, PXT, ACT, PRE, RES, POST)
     k = _KERNELS.get(key) if cache else None
     if k is not None:

@@ -36,11 +36,11 @@ def pads_of(node, ins) -> tuple[int, int, int, int]:
 
 
 def blocked_kind(node, ins, strided: bool = False) -> str | None:
-    """"pw" (1x1, stride 1 or with `strided` any, unpadded, group 1, at least PW_MIN_PIXELS pixels), "dw" (depthwise,
-    multiplier 1, rows of at least DW_MIN_WIDTH) or "stem" (any other group-1 conv of at most
-    STEM_MAX_CHANNELS input channels, rows of at least STEM_MIN_WIDTH) for a 2-D float32 Conv with
-    constant weights and bias, no prologue, no affine after an activation the kernels do not inline
-    (INLINE_CODES) and a residual (if any) of the output's shape; None for any other node."""
+    """"pw" (1x1, stride 1, or any with `strided`, unpadded, group 1, at least PW_MIN_PIXELS output
+    pixels), "dw" (depthwise, multiplier 1, rows of at least DW_MIN_WIDTH) or "stem" (any other group-1
+    conv of at most STEM_MAX_CHANNELS input channels, rows of at least STEM_MIN_WIDTH) for a 2-D float32
+    Conv with constant weights and bias, no prologue, no affine after an activation the kernels do not
+    inline (INLINE_CODES) and a residual (if any) of the output's shape; None for any other node."""
     if node.op != "Conv" or len(ins) < 2 or ins[0] is None or ins[1] is None or ins[1].data is None:
         return None
     try:
@@ -64,7 +64,8 @@ def blocked_kind(node, ins, strided: bool = False) -> str | None:
         if r is None or r.shape is None or tuple(r.shape) != out_shape:
             return None
     # smaller images stay NCHW: little to gain, and each size would compile kernels of its own
-    if g.group == 1 and g.kernel == (1, 1) and (strided or g.strides == (1, 1)) and not any(g.pads_begin + g.pads_end):
+    unpadded = not any(g.pads_begin + g.pads_end)
+    if g.group == 1 and g.kernel == (1, 1) and (strided or g.strides == (1, 1)) and unpadded:
         return "pw" if np.prod(g.out_spatial) >= BK.PW_MIN_PIXELS else None
     if g.group == g.in_channels == g.out_channels > 1:
         return "dw" if g.out_spatial[1] >= BK.DW_MIN_WIDTH else None
