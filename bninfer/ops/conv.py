@@ -82,6 +82,15 @@ def split_copy(copy, units: int, elements: int, tables: "threads.PartTables", i,
                         lambda: threads.owners(*arrays) + tuple(a for a in (*i, *o) if a is not None))
 
 
+def subsample_split(x, xt, planes: int, H: int, W: int, SH: int, SW: int, OH: int, OW: int,
+                    tables: "threads.PartTables", i, o) -> None:
+    """xt (planes, OH, OW) = x (planes, H, W)[:, ::SH, ::SW]: a strided 1x1 conv's input, taken into a
+    buffer of the layer's each run, split over the threads by planes (split_copy)."""
+    def take(c0, c1):
+        return [(CD.subsample_planes, (x[c0 * H * W:], xt[c0 * OH * OW:], c1 - c0, H, W, SH, SW, OH, OW))]
+    split_copy(take, planes, planes * H * W, tables, i, o, x, xt)
+
+
 def _pack_rows_by_channels(xn, xp, H: int, W: int, Hp: int, SW: int, Wq: int, PH: int, PW: int, pro):
     """split_copy's copy(c0, c1) for depthwise.pack_rows: input channels [c0, c1) of one image's xn into
     their planes of xp, through the prologue `pro`."""
@@ -578,10 +587,7 @@ def _pointwise_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
         x = _flat(i[0])
         if subsample:  # memory-bound (~0.25-0.5 ms for ResNet-50's 256 x 56 x 56): split over planes too
             xt = taken.get()
-
-            def take(c0, c1):
-                return [(CD.subsample_planes, (x[c0 * H * W:], xt[c0 * P:], c1 - c0, H, W, SH, SW, OH, OW))]
-            split_copy(take, N * cin, N * cin * H * W, take_tables, i, o, x, xt)
+            subsample_split(x, xt, N * cin, H, W, SH, SW, OH, OW, take_tables, i, o)
             x = xt
         yf = y.reshape(-1)
         res, has_res = ep.residual_array(i)

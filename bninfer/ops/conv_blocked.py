@@ -16,7 +16,8 @@ from ..ir import Value
 from ..kernels import blocked as BK
 from ..kernels import conv_direct as CD
 from . import fusion
-from .conv import _EMPTY, _Epilogue, _PaddedInput, _bias_of, _plane, conv_geometry, split_copy
+from .conv import (_EMPTY, _Epilogue, _PaddedInput, _bias_of, _plane, conv_geometry, split_copy,
+                   subsample_split)
 
 
 class Marks(NamedTuple):
@@ -157,10 +158,7 @@ def build(node, ins, outs, marks: Marks | None = None):
         x = i[0].reshape(-1)
         if subsample:
             xt = taken.get()
-
-            def take(c0, c1):  # planes [c0, c1) of every image's
-                return [(CD.subsample_planes, (x[c0 * H * W:], xt[c0 * P:], c1 - c0, H, W, SH, SW, OH, OW))]
-            split_copy(take, planes, planes * H * W, take_tables, i, o, x, xt)
+            subsample_split(x, xt, planes, H, W, SH, SW, OH, OW, take_tables, i, o)
             x = xt
         if has_res:
             r = i[ep.residual].reshape(-1)
