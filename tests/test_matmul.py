@@ -6,7 +6,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import bninfer
-from bninfer import activations, ir, ops
+from bninfer import activations, ir, ops, record
+from bninfer import threads as bthreads
 from bninfer.errors import ModelError, UnsupportedOperatorError
 from bninfer.ops import fusion
 from tests.util import assert_matches_ort, make_model, randn, run_bn
@@ -190,6 +191,12 @@ def _np_act(op, attrs, x, slope=None):
         return x * np.clip(x / 6 + 0.5, 0, 1)
     if op == "Tanh":
         return np.tanh(x)
+    if op == "Swish":
+        return x / (1 + np.exp(-attrs["alpha"] * x))
+    if op == "Elu":
+        return np.where(x < 0, attrs["alpha"] * np.expm1(x), x)
+    if op == "Selu":
+        return attrs["gamma"] * np.where(x <= 0, attrs["alpha"] * np.expm1(x), x)
     if op == "Gelu":
         from math import erf
         return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
@@ -197,7 +204,8 @@ def _np_act(op, attrs, x, slope=None):
 
 
 ACTS = [None, ("Relu", {}), ("LeakyRelu", {"alpha": 0.1}), ("PRelu", {}), ("Clip", {"min": -0.5, "max": 0.7}),
-        ("Sigmoid", {}), ("HardSwish", {}), ("Gelu", {}), ("Tanh", {})]
+        ("Sigmoid", {}), ("HardSwish", {}), ("Gelu", {}), ("Tanh", {}), ("Swish", {"alpha": 1.0}),
+        ("Elu", {"alpha": 0.7}), ("Selu", {"alpha": 1.67, "gamma": 1.05})]
 
 
 def _fused(op, m, k, n, act, residual, post, *, c_kind="N", b_const=True, res_const=False, a_shape=None,
@@ -432,6 +440,33 @@ def test_one_row_takes_the_vector_kernel(monkeypatch):
     for kwargs in [dict(m=2), dict(m=1, b_const=False)]:
         out, ref = _fused("Gemm", k=9, n=5, act=("Relu", {}), residual=True, post=True, **kwargs)
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 13, 17), (1, 37, 11), (1, 300, 1000), (3, 13, 17)])
+@pytest.mark.parametrize("act", [("Sigmoid", {}), ("Swish", {"alpha": 1.0}), ("Tanh", {}), ("Elu", {"alpha": 0.7})],
+                         ids=lambda a: a[0])
+def test_span_activations_run_after_the_product_not_element_by_element(m, k, n, act, monkeypatch):
+    """Sigmoid, SiLU, Tanh, Elu (the codes with a loop-vectorized span) run as the activation's span over
+    the output once the product and the rest of the epilogue are stored, one-row products (row sweeps, dot
+    products, a product large enough to split) and others alike: the kernels get code NONE. With an
+    affine after the activation, the kernel's epilogue applies it (the span takes no per-channel affine)."""
+    from bninfer.ops import matmul
+    codes, spans = [], []
+    for name in ("vector_matrix", "matrix_vector", "sum_rows", "row_epilogue"):
+        real = getattr(matmul.K, name)
+        at = {"vector_matrix": 11, "matrix_vector": 10, "sum_rows": 8, "row_epilogue": 7}[name]  # the code
+        monkeypatch.setattr(matmul.K, name, lambda *a, real=real, at=at: (codes.append(a[at]), real(*a))[1])
+    real_call, real_split = record.call, bthreads.split_calls
+    monkeypatch.setattr(record, "call", lambda kern, *a: (spans.append(kern in activations.SPANS.values()),
+                                                          real_call(kern, *a))[1])
+    monkeypatch.setattr(bthreads, "split_calls", lambda calls, n, *a, **kw: (
+        spans.extend(kern in activations.SPANS.values() for kern, _ in calls(0, n)), real_split(calls, n, *a, **kw))[1])
+    for post in (False, True):
+        codes.clear(), spans.clear()
+        out, ref = _fused("Gemm", m, k, n, act, True, post)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+        assert codes and all((c == activations.NONE) != post for c in codes)
+        assert any(spans) != post
 
 
 @pytest.mark.parametrize("k,n", [(1, 1), (3, 2049), (4101, 37), (1003, 300), (21, 2100)])

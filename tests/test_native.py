@@ -11,7 +11,7 @@ from numba import njit, types
 
 import bninfer
 from benchmarks import zoo
-from bninfer import native, record
+from bninfer import activations, native, record
 from bninfer.plan import Plan
 from tests.graphs import Builder
 from tests.test_blocked import _mb_conv, _mobile_net
@@ -79,7 +79,8 @@ def test_a_cnn_of_every_nchw_path_runs_as_one_table_bit_identical_to_python():
     assert len(segs) == 1 and type(segs[0]) is native.Table  # one native call per run
     names = {n.split("_kernel")[0] for n in _kernels(segs)}
     assert names == {"rowvec", "pack_rows", "max_pool_k3", "direct", "pack_input", "winograd", "depthwise",
-                     "pointwise", "avg_pool_tiled", "pool", "copy", "matrix_vector"}
+                     "pointwise", "avg_pool_tiled", "pool", "copy", "matrix_vector",
+                     f"span_{activations.TANH}"}  # the Gemm's Tanh over its outputs after the product
 
 
 @pytest.mark.parametrize("size", [(9, 11), (20, 20)])

@@ -200,6 +200,29 @@ def test_a_pixel_split_covers_every_pixel_once(n_threads, monkeypatch):
     np.testing.assert_array_equal(out, serial)
 
 
+@pytest.mark.parametrize("k,n,act", [(2048, 256, "Sigmoid"), (300, 1000, "Tanh")])
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_a_one_row_product_with_a_span_activation_splits_over_threads(k, n, act, n_threads, monkeypatch):
+    """A batch-1 Linear layer whose activation runs as a span after the product (2048 x 256: dot products,
+    each part activating the outputs it computed, the serial result bit for bit; 300 x 1000: each thread's
+    share of the rows summed, then the span over all, the same result on every run at a thread count),
+    natively from the second run, and onnxruntime's."""
+    from onnx import helper
+
+    from tests.util import make_model, run_ort
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["g"]), helper.make_node(act, ["g"], ["y"])]
+    model = make_model(nodes, {"x": [1, k]}, ["y"], {"w": randn(k, n, seed=1) * (2 / k ** 0.5),
+                                                     "c": randn(n, seed=2)})
+    feeds = {"x": randn(1, k, seed=3)}
+    serial = _session(model, 1).run(None, feeds)[0]
+    out, parts, native = _split_run(model, feeds, n_threads, monkeypatch)
+    assert parts and native and max(native) == n_threads
+    if k >= 2 * n:
+        np.testing.assert_array_equal(out, serial)
+    np.testing.assert_allclose(out, serial, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, run_ort(model, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("native_plan", [True, False], ids=["native plan", "python plan"])
 @pytest.mark.parametrize("cout", [56, 64])
 def test_a_split_prologue_gives_every_part_a_scratch_of_its_own(native_plan, cout, monkeypatch):

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ModelError, UnsupportedOperatorError
 from ..kernels import gemm as K
 from ..memory import aligned
-from .. import record, threads
+from .. import activations, record, threads
 from . import broadcast_shapes, fusion, register, require_float32
 
 
@@ -178,6 +178,14 @@ class _Epilogue:
         self.runtime_bias, self.res_pos = runtime_bias, res_pos
         has_bias = bias is not None or runtime_bias is not None
         has_res = res_pos is not None or res_const is not None
+        # Sigmoid, SiLU, Tanh, Elu...: the activation's loop-vectorized span over the output after the
+        # kernel (whose epilogue would apply them element by element: libm's exp, ~10 ns an element)
+        self.span = activations.SPANS.get(code) if not has_post else None
+        if self.span is not None:
+            activations.compile_span(code)
+            self.span_args = (np.float32(alpha[0]) if alpha.size else np.float32(0.0), np.float32(beta),
+                               float(beta), False, np.float32(1.0), np.float32(0.0))
+            code = activations.NONE
         self.kernel = has_bias or has_res or has_post or code != 0
         self._bias = bias if bias is not None else np.zeros(channels, np.float32)
         self._res_const = res_const
@@ -195,12 +203,19 @@ class _Epilogue:
         return b, has_bias, r, has_res, code, alpha, beta, has_post, ps, pt
 
     def finish(self, i, y) -> None:
-        """In place on the product y: the pre-adds, then the kernel's epilogue."""
+        """In place on the product y: the pre-adds, then the kernel's epilogue (and the span)."""
         for f in self.pre_adds:
             f(i, y)
-        if not self.kernel or self.size == 0:
+        if self.size == 0:
             return
-        K.row_epilogue(y.reshape(-1), self.rows, self.channels, *self.args(i))
+        if self.kernel:
+            K.row_epilogue(y.reshape(-1), self.rows, self.channels, *self.args(i))
+        self.activate(y.reshape(-1), 0, self.size)
+
+    def activate(self, y, start: int, stop: int) -> None:
+        """The span activation over y[start:stop] (flat), if the epilogue has one."""
+        if self.span is not None:
+            record.call(self.span, y, start, stop, *self.span_args)
 
 
 def _float_path(node, ins) -> bool:
@@ -259,13 +274,13 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
     if k >= 2 * n:
         return _matrix_vector(aligned(w.T).reshape(-1), k, n, ep, ep_args, fixed, macs, two_d)
     w = aligned(w).reshape(-1)
+    activate = ep.activate if ep is not None and ep.span is not None else None
     if macs < threads.MIN_PART_MACS * 2:  # never split: one straight call (the common small layer)
-        if fixed:
-            def run(i, o):
-                record.call(K.vector_matrix, two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep_args)
-        else:
-            def run(i, o):
-                record.call(K.vector_matrix, two_d(i[0]), w, two_d(o[0]), k, n, 0, n, *ep.args(i))
+        def run(i, o):
+            y = two_d(o[0])
+            record.call(K.vector_matrix, two_d(i[0]), w, y, k, n, 0, n, *(ep_args if fixed else ep.args(i)))
+            if activate is not None:
+                activate(y.reshape(-1), 0, n)
         return record.recordable(run)
 
     # per calling thread (runs of one session from several threads at once) and thread count: one row
@@ -280,6 +295,8 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
         size = threads.current_size()
         if size == 1:
             record.call(K.vector_matrix, x, w, y, k, n, 0, n, *args)
+            if activate is not None:
+                activate(y.reshape(-1), 0, n)
             return
         # split over the weights' rows: each thread streams a contiguous block of them (split over
         # columns, both read every row's cache lines: ResNet-50's 2048x1000 from memory took 365 us on two
@@ -302,6 +319,8 @@ def _vector_matrix(w: np.ndarray, ep: "_Epilogue | None", macs: int):
                     for s in range(s0, s1)]
         threads.split_calls(rows, size, macs, 1, tables, lambda: threads.owners(x, part) + (i[0],))
         record.call(K.sum_rows, part, size, y, n, *args)
+        if activate is not None:
+            activate(y.reshape(-1), 0, n)
     return record.recordable(run)
 
 
@@ -316,8 +335,12 @@ def _matrix_vector(wt: np.ndarray, k: int, n: int, ep: "_Epilogue | None", ep_ar
         x, y = two_d(i[0]), two_d(o[0])
         args = ep_args if fixed else ep.args(i)
 
-        def outputs(p0, p1):  # passes [p0, p1)
-            return [(K.matrix_vector, (x, wt, y, k, p0 * K.MV_ROWS, min(n, p1 * K.MV_ROWS), *args))]
+        def outputs(p0, p1):  # passes [p0, p1), their outputs activated by the part that computes them
+            a, b = p0 * K.MV_ROWS, min(n, p1 * K.MV_ROWS)
+            calls = [(K.matrix_vector, (x, wt, y, k, a, b, *args))]
+            if ep is not None and ep.span is not None:
+                calls.append((ep.span, (y.reshape(-1), a, b, *ep.span_args)))
+            return calls
 
         def outside():  # what the calls read that is not the layer's own
             return threads.owners(x, y, *(a for a in args if isinstance(a, np.ndarray))) + tuple(i) + tuple(o)
