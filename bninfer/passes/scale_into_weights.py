@@ -22,9 +22,8 @@ from .layout import ATTR
 WEIGHTS_PER_INPUT = 0.5
 
 
-def run(graph: Graph) -> list[str]:
-    """Rewrite `graph` (a layout copy) in place; the fused Muls' names."""
-    fused = []
+def run(graph: Graph) -> None:
+    """Rewrite `graph` (a layout copy) in place."""
     for mul in [n for n in graph.nodes if n.op == "Mul" and n.attrs.get(ATTR)]:
         marks = mul.attrs[ATTR]
         conv = match.only_consumer(graph, mul.outputs[0])
@@ -38,8 +37,6 @@ def run(graph: Graph) -> list[str]:
         fusion.add_extra(conv, "channel_scale", mul.inputs[1 - k])
         graph.remove_node(mul)
         graph.values.pop(mul.outputs[0], None)
-        fused.append(mul.name)
-    return fused
 
 
 def _takes_factors(conv, value: str) -> bool:
