@@ -111,6 +111,49 @@ def test_a_half_block_tile_writes_what_the_whole_block_tile_writes(cout, cin, h,
     assert np.isfinite(_from_blocked(got, nob * 16, h, w, (1, 0, 2, 1))).all()
 
 
+@pytest.mark.parametrize("cin,cout,h,w,x_blocked,nb,rp,lanes,act,res,post,q", [
+    (531, 40, 15, 17, True, 1, 6, BK.CB, A.SWISH, True, False, (0, 255)),  # 2 chunks, 3 channels past a block
+    (531, 40, 15, 17, True, 1, 6, BK.CB, A.SWISH, True, False, (5, 252)),  # a thread's range of pixels
+    (512, 32, 14, 14, False, 1, 6, BK.CB, A.CLIP, False, True, (0, 196)),  # exactly the threshold, 1 chunk
+    (600, 64, 20, 17, True, 2, 8, BK.CB, A.LEAKY_RELU, True, True, (0, 340)),  # pairs of blocks, 2 chunks
+    (520, 24, 9, 10, False, 2, 3, BK.HALF, A.NONE, True, False, (0, 90)),  # a last half block
+])
+def test_pointwise_kernel_sums_many_input_channels_in_passes(cin, cout, h, w, x_blocked, nb, rp, lanes, act, res,
+                                                              post, q, monkeypatch):
+    """From PW_KC_MIN_CIN input channels on, the 1x1 kernel sums them PW_KC at a time over chunks of at
+    most PW_KC_TILES tiles, the partial sums kept between the passes: each output's sum still runs over the
+    same inputs in the same order, so every float, padding lanes and border included, equals what the
+    kernel writes summing all channels in one pass, and both match numpy."""
+    rng = np.random.default_rng(cin + cout)
+    P, nob = h * w, BK.blocks(cout)
+    assert cin >= BK.PW_KC_MIN_CIN and cin > BK.PW_KC
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    wfull = (rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
+    wt = BK.pack_weights_pw(wfull, nb)
+    r = rng.standard_normal((cout, h, w)).astype(np.float32)
+    bias, alpha, ps, pt = _epilogue_operands(rng, cout)
+    if act == A.SWISH:
+        alpha[:] = 1.0
+    pads = (1, 1, 1, 1)
+    yoff, yplane = BK.out_offsets(h, w, pads)
+    xin = _to_blocked(x) if x_blocked else x.reshape(-1)
+    passes = CD.compile_now(BK.pointwise_kernel(nb, rp, act, x_blocked, LANES=lanes), BK.PW_SIG)
+    monkeypatch.setattr(BK, "PW_KC_MIN_CIN", cin + 1)
+    one_pass = CD.compile_now(BK.pointwise_kernel(nb, rp, act, x_blocked, cache=False, LANES=lanes), BK.PW_SIG)
+    got, want = (np.full(nob * yplane, np.nan, np.float32) for _ in range(2))
+    for kern, out in ((passes, got), (one_pass, want)):
+        kern(xin, wt, out, cin, nob, P, q[0], q[1], yoff, yplane, bias, _to_blocked(r), res, alpha, 6.0, post, ps,
+             pt)
+    np.testing.assert_array_equal(got, want)
+    ref = np.einsum("oc,chw->ohw", wfull.astype(np.float64), x) + bias[:cout, None, None] + (r if res else 0)
+    ref = ACTS[act](ref.reshape(cout, -1), alpha[:cout])
+    if post:
+        ref = ref * ps[:cout, None] + pt[:cout, None]
+    blocks = _from_blocked(got, cout, h, w, pads).reshape(cout, -1)
+    np.testing.assert_allclose(blocks[:, q[0]:q[1]], ref[:, q[0]:q[1]], rtol=1e-4, atol=1e-4)
+    assert np.isnan(blocks[:, :q[0]]).all() and np.isnan(blocks[:, q[1]:]).all()  # only its range
+
+
 def _cut_after_a_flush(rp: int, span: int) -> int:
     """A pixel count whose last tile is moved back over pixels that the tile before it had the kernel
     activate (a span run ended there), as pointwise_kernel's rule runs them."""

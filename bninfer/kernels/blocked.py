@@ -167,6 +167,14 @@ HALF = CB // 2
 # a span activation (SiLU...) runs over at least this many stored pixels (x 16 channels) a call
 SPAN_PIXELS = 64
 
+# 1x1 layers of at least PW_KC_MIN_CIN input channels sum them PW_KC at a time (a multiple of 16), the
+# tiles' partial sums kept on the stack between the passes, in chunks of at most PW_KC_TILES tiles: a
+# block's weights for PW_KC channels (6 KB) then stay in L1 while every tile of the chunk reads them, where
+# all of a 2048-channel block's (128 KB) had come from L2 for every tile
+PW_KC = 96
+PW_KC_MIN_CIN = 512
+PW_KC_TILES = 36
+
 
 def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
     """kern(x, w, out, CIN, NOB, P, Q0, Q1, yoff, yplane, bias, res, has_res, alpha, beta, has_post, ps, pt):
@@ -185,7 +193,9 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
     must hold zeros (zero_border) before the call. LANES = HALF: the tile's last block has padding in
     its upper 8 lanes (a layer of 24 or 40 channels on AVX2); the tile sums only the lanes before them
     (8 x more pixels for one block, 24 x fewer for two) and stores the padding lanes as the whole-block
-    kernel does with their zero weights: act(bias + res) (* ps + pt)."""
+    kernel does with their zero weights: act(bias + res) (* ps + pt). From PW_KC_MIN_CIN input channels on,
+    the tiles sum them PW_KC at a time, their partial sums on the stack between the passes: each output
+    still sums the same products in the same order, so the floats are those of one pass."""
     assert LANES == CB or LANES == HALF
     key = ("pw", NB, RP, ACT, XB) + ((LANES,) if LANES != CB else ())
     k = _KERNELS.get(key) if cache else None
@@ -196,6 +206,8 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
     compile_span(ACT)  # loop-vectorized, linked by this kernel
     COB = NB * CB
     NACC = COB * RP
+    KC, KC_MIN_CIN, KC_TILES = PW_KC, PW_KC_MIN_CIN, PW_KC_TILES
+    NPART = KC_TILES * NACC
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     @named("pointwise_kernel", key)
@@ -206,28 +218,46 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
         xstep = np.uint64(CB if XB else 1)
         # chunks of pixels, each through every output block: a chunk's inputs stay in L2 for the next
         # block (a whole 112x112 plane of 16 channels, 800 KB, came from L3 once per output block)
-        ch = max(1, PW_CHUNK_BYTES // ((CIN + CB - 1) // CB * CB * 4 if XB else CIN * 4) // RP) * RP
-        nchunks = max(1, (Q1 - Q0) // ch)
+        kblock = CIN >= KC_MIN_CIN
+        kstep = KC if kblock else CIN
+        part = stack_f32(NPART)  # the partial sums of a chunk's tiles between passes
+        if kblock:  # chunks of at most KC_TILES tiles, as even as they come
+            nchunks = (Q1 - Q0 + KC_TILES * RP - 1) // (KC_TILES * RP)
+        else:
+            ch = max(1, PW_CHUNK_BYTES // ((CIN + CB - 1) // CB * CB * 4 if XB else CIN * 4) // RP) * RP
+            nchunks = max(1, (Q1 - Q0) // ch)
         for k in range(nchunks):
-            c0 = Q0 + k * ch
-            c1 = Q1 if k == nchunks - 1 else c0 + ch
+            if kblock:
+                c0 = Q0 + (Q1 - Q0) * k // nchunks
+                c1 = Q0 + (Q1 - Q0) * (k + 1) // nchunks
+            else:
+                c0 = Q0 + k * ch
+                c1 = Q1 if k == nchunks - 1 else c0 + ch
             ntiles = (c1 - c0 + RP - 1) // RP
-            for og in range(NOB // NB):
+            nk = (CIN + kstep - 1) // kstep
+            for step in range(NOB // NB * nk):  # each group of NB blocks, its input channels kstep at a time
+                og, k0 = step // nk, step % nk * kstep
+                k1 = min(CIN, k0 + kstep)
                 wb = og * CIN * COB
                 pa = c0  # the first pixel a span activation has not run over yet
                 for t in range(ntiles):
                     p0 = min(c0 + t * RP, c1 - RP)
-                    for i in range(NACC):
-                        acc[i] = 0.0
+                    so = np.uint64(t * NACC)
+                    if k0 == 0:
+                        for i in range(NACC):
+                            acc[i] = 0.0
+                    else:
+                        for i in range(NACC):
+                            acc[i] = part[so + np.uint64(i)]
                     # whole input blocks as a loop of 16 with the block's offsets hoisted: the inner loop
                     # is then the tile's loads and FMAs and one counter, 23 instructions for 12 FMAs where
                     # the offsets' arithmetic per channel had made 31 (960->320 and 320->1280 at 7x7 ran
                     # 6-7 % faster, MobileNetV2 and EfficientNet-B0 2 %); the rest of a part block below
                     # (one loop of min(16, CIN - cb * 16) for both made the 24-lane tile's loop 225
                     # instructions for its 9 FMAs)
-                    c0i = CIN // CB * CB if XB else 0
+                    c0i = k1 // CB * CB if XB else k0
                     if XB:
-                        for cb in range(CIN // CB):
+                        for cb in range(k0 // CB, k1 // CB):
                             xb = np.uint64((cb * P + p0) * CB)
                             wbb = np.uint64(wb + cb * CB * COB)
                             for cc in range(CB):
@@ -237,7 +267,7 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
                                     xv = x[xo + np.uint64(j) * xstep]
                                     for c in range((NB - 1) * CB + LANES):
                                         acc[j * COB + c] += xv * w[wo + np.uint64(c)]
-                    for ci in range(c0i, CIN):
+                    for ci in range(c0i, k1):
                         if XB:
                             xo = np.uint64(((ci // CB) * P + p0) * CB + ci % CB)
                         else:
@@ -247,6 +277,10 @@ def pointwise_kernel(NB, RP, ACT, XB=True, cache=True, LANES=CB):
                             xv = x[xo + np.uint64(j) * xstep]
                             for c in range((NB - 1) * CB + LANES):  # a last half block's upper lanes stay 0
                                 acc[j * COB + c] += xv * w[wo + np.uint64(c)]
+                    if k1 < CIN:  # more input channels to come: keep the sums
+                        for i in range(NACC):
+                            part[so + np.uint64(i)] = acc[i]
+                        continue
                     for b in range(NB):
                         ob = og * NB + b
                         vo = np.uint64(ob * CB)
