@@ -38,9 +38,10 @@ def test_no_loop_no_count():
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86 assembly")
 def test_the_dot_product_kernel_keeps_eight_vector_accumulators():
     """The one-row product's hot loop: one vector multiply and add per weight row of the pass, its eight
-    partial sums in registers (a signed + unsigned index sum made it a scalar loop, 5x slower)."""
+    partial sums in registers (a signed + unsigned index sum made it a scalar loop, 5x slower). LLVM may
+    unroll the loop (on Zen 3, "znver3", twice: 16 multiplies in 44 instructions; on Zen 1, 8 in 32)."""
     from benchmarks.asm_check import counts, matrix_vector_asm
     asm = matrix_vector_asm()
     instr, muls = innermost_fma_loop(asm, r"vmulps")
-    assert muls == 8 and instr <= 32
+    assert muls and muls % 8 == 0 and instr <= 4 * muls
     assert counts(asm)["gather"] == 0
