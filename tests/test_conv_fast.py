@@ -306,6 +306,30 @@ def _check_pointwise_prologue(cin, cout, P, code, per_channel, beta, tpc, act):
     np.testing.assert_allclose(out.reshape(cout, P), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("code,per_channel,beta", PW_PROLOGUES + [(activations.SIGMOID, False, 0.0)], ids=str)
+def test_prologue_planes_writes_each_channels_chunk_and_nothing_past_it(code, per_channel, beta):
+    """The pointwise kernel's prologue over one chunk (21 pixels from pixel 5 of each 40-pixel plane, not
+    a multiple of a vector) against float64, and the kernels call the one loop-vectorized build of it
+    rather than compiling a scalar one of their own (a second signature)."""
+    cin, P, q0, nq = 7, 40, 5, 21
+    x = randn(cin, P, seed=7) * 3
+    scale, shift = randn(cin, seed=8), randn(cin, seed=9)
+    scale[::2] *= -1
+    alpha = randn(cin, seed=10) * 0.3 if per_channel else np.full(cin, -1.0 if code == activations.CLIP else 0.0,
+                                                                  np.float32)
+    CD.compile_prologue_planes()
+    CD.compile_now(CD.pointwise_kernel(12, 32, activations.NONE, activations.RELU), CD.PW_SIG)
+    assert CD.prologue_planes.signatures == [CD.PROLOGUE_SIG]
+    xs = np.full(cin * nq + 16, np.nan, np.float32)
+    CD.prologue_planes(x.reshape(-1), P, q0, xs, nq, cin, scale, shift, alpha, code, beta)
+    assert np.isnan(xs[cin * nq:]).all()
+    v = x[:, q0:q0 + nq].astype(np.float64) * scale[:, None] + shift[:, None]
+    want = {activations.NONE: v, activations.RELU: np.maximum(v, 0),
+            activations.PRELU: np.where(v < 0, v * alpha[:, None], v), activations.CLIP: np.clip(v, -1.0, beta),
+            activations.SIGMOID: 1 / (1 + np.exp(-v))}[code]
+    np.testing.assert_allclose(xs[:cin * nq].reshape(cin, nq), want, rtol=1e-6, atol=1e-6)
+
+
 def test_pointwise_kernel_refuses_a_prologue_it_cannot_inline():
     with pytest.raises(ValueError, match="prologue activation"):
         CD.pointwise_kernel(12, 32, activations.NONE, activations.SIGMOID, cache=False)

@@ -233,6 +233,33 @@ def pack_weights_pw(w: np.ndarray, cot: int) -> np.ndarray:
     return aligned_copy(full.reshape(nob, cot, cin).transpose(0, 2, 1)).reshape(-1)
 
 
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def prologue_planes(x, P, q0, xs, nq, CIN, scale, shift, alpha, code, beta):
+    """xs[ci * nq + i] = act(x[ci * P + q0 + i] * scale[ci] + shift[ci]) for i < nq, every input channel:
+    the pointwise kernel's prologue over one chunk of pixels. Compiled with the loop vectorizer on
+    (compile_prologue_planes) and called, not inlined, by the kernels (built with it off), once a chunk:
+    inlined there its loops stayed scalar, ~0.37 ns an element, 10 % of a DenseNet 1x1 layer's time."""
+    for ci in range(CIN):
+        prologue_span(x, ci * P + q0, 1, xs, ci * nq, 1, nq, scale[ci], shift[ci], alpha[ci], code, beta)
+
+
+PROLOGUE_SIG = (types.float32[::1], types.int64, types.int64, types.float32[::1], types.int64, types.int64,
+                types.float32[::1], types.float32[::1], types.float32[::1], types.int64, types.float64)
+
+
+def compile_prologue_planes() -> None:
+    """Compile (or load) prologue_planes with the loop vectorizer on, before a kernel that calls it."""
+    if prologue_planes.signatures:
+        return
+    with _lock:
+        old = numba.config.LOOP_VECTORIZE
+        numba.config.LOOP_VECTORIZE = 1
+        try:
+            prologue_planes.compile(PROLOGUE_SIG)
+        finally:
+            numba.config.LOOP_VECTORIZE = old
+
+
 def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
     """kern(x, w, out, CIN, COUT, P, Q0, Q1, bias, res, alpha, beta, ps, pt, tpc, pre_scale, pre_shift,
     pre_alpha, pre_beta, xs): the 1x1 convolution out (COUT, P) = ps * act(W (COUT, CIN) . x (CIN, P) +
@@ -260,6 +287,8 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
     INLINE = ACT in INLINE_CODES
     IACT = ACT if INLINE else NONE  # any other code: activate_planes over the stored block
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
+    if PRE >= 0:
+        compile_prologue_planes()  # likewise
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     @named("pointwise_kernel", key)
@@ -287,9 +316,7 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
                 q0 = np.uint64(min(Q0 + t0 * PXT, last))
                 nq = min(Q0 + (t1 - 1) * PXT, last) + PXT - np.int64(q0)
                 stride = np.uint64(nq)
-                for ci in range(CIN):
-                    prologue_span(x, np.uint64(ci) * uP + q0, 1, xs, np.uint64(ci) * stride, 1, nq, psc[ci],
-                                  psh[ci], pal[ci], PRE, pbeta)
+                prologue_planes(x, P, np.int64(q0), xs, nq, CIN, psc, psh, pal, np.int64(PRE), pbeta)
                 src = xs
             for ob in range(nob):
                 wb = ob * CIN * COT
