@@ -465,22 +465,28 @@ SPANS = {SIGMOID: _span_sigmoid, SWISH: _span_swish, TANH: _span_tanh, HARD_SIGM
 SPAN_ZERO_AT_ZERO = frozenset((SWISH, TANH, HARD_SWISH, ELU, SELU, CELU, SOFTSIGN))
 
 
-def compile_span(code: int) -> None:
-    """Compile (or load from the cache) the span of `code` with the loop vectorizer on. A kernel built
-    with the loop vectorizer off (bninfer.kernels.conv_direct.compile_settings) has this called first:
-    it then links the vectorized version instead of compiling a scalar one of its own. (Its
-    activate_planes call has a constant code, so activate_span's overload calls that span only and
-    never compiles the others.)"""
+def compile_loop_vectorized(dispatcher, sig) -> None:
+    """Compile (or load from the cache) `sig` of a function a kernel calls, with the loop vectorizer on,
+    unless it is compiled already. A kernel built with the loop vectorizer off
+    (bninfer.kernels.conv_direct.compile_settings) has this called first: it then links the vectorized
+    version instead of compiling a scalar one of its own."""
     import numba
-    span = SPANS.get(code)
-    if span is None or span.signatures:
+    if dispatcher.signatures:
         return
     old = numba.config.LOOP_VECTORIZE
     numba.config.LOOP_VECTORIZE = 1
     try:
-        span.compile(SPAN_SIG)
+        dispatcher.compile(sig)
     finally:
         numba.config.LOOP_VECTORIZE = old
+
+
+def compile_span(code: int) -> None:
+    """compile_loop_vectorized for the span of `code`, if it has one. (A kernel's activate_planes call has
+    a constant code, so activate_span's overload calls that span only and never compiles the others.)"""
+    span = SPANS.get(code)
+    if span is not None:
+        compile_loop_vectorized(span, SPAN_SIG)
 
 
 @njit(inline="always", cache=True)

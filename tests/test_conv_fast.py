@@ -317,7 +317,6 @@ def test_prologue_planes_writes_each_channels_chunk_and_nothing_past_it(code, pe
     scale[::2] *= -1
     alpha = randn(cin, seed=10) * 0.3 if per_channel else np.full(cin, -1.0 if code == activations.CLIP else 0.0,
                                                                   np.float32)
-    CD.compile_prologue_planes()
     CD.compile_now(CD.pointwise_kernel(12, 32, activations.NONE, activations.RELU), CD.PW_SIG)
     assert CD.prologue_planes.signatures == [CD.PROLOGUE_SIG]
     xs = np.full(cin * nq + 16, np.nan, np.float32)

@@ -38,8 +38,8 @@ from numba.np.numpy_support import carray
 
 from ..kernel_cache import named
 from ..memory import aligned_copy
-from ..activations import (INLINE_CODES, NONE, activate_inline, activate_pixels, activate_planes, compile_span,
-                           prologue_span)
+from ..activations import (INLINE_CODES, NONE, activate_inline, activate_pixels, activate_planes,
+                           compile_loop_vectorized, compile_span, prologue_span)
 
 _FASTMATH = {"contract"}  # FMA contraction only: results stay within rounding of the plain sum
 _lock = threading.RLock()
@@ -237,27 +237,15 @@ def pack_weights_pw(w: np.ndarray, cot: int) -> np.ndarray:
 def prologue_planes(x, P, q0, xs, nq, CIN, scale, shift, alpha, code, beta):
     """xs[ci * nq + i] = act(x[ci * P + q0 + i] * scale[ci] + shift[ci]) for i < nq, every input channel:
     the pointwise kernel's prologue over one chunk of pixels. Compiled with the loop vectorizer on
-    (compile_prologue_planes) and called, not inlined, by the kernels (built with it off), once a chunk:
-    inlined there its loops stayed scalar, ~0.37 ns an element, 10 % of a DenseNet 1x1 layer's time."""
+    (activations.compile_loop_vectorized) and called, not inlined, by the kernels (built with it off),
+    once a chunk: inlined there its loops stayed scalar, ~0.37 ns an element, 10 % of a DenseNet 1x1
+    layer's time."""
     for ci in range(CIN):
         prologue_span(x, ci * P + q0, 1, xs, ci * nq, 1, nq, scale[ci], shift[ci], alpha[ci], code, beta)
 
 
 PROLOGUE_SIG = (types.float32[::1], types.int64, types.int64, types.float32[::1], types.int64, types.int64,
                 types.float32[::1], types.float32[::1], types.float32[::1], types.int64, types.float64)
-
-
-def compile_prologue_planes() -> None:
-    """Compile (or load) prologue_planes with the loop vectorizer on, before a kernel that calls it."""
-    if prologue_planes.signatures:
-        return
-    with _lock:
-        old = numba.config.LOOP_VECTORIZE
-        numba.config.LOOP_VECTORIZE = 1
-        try:
-            prologue_planes.compile(PROLOGUE_SIG)
-        finally:
-            numba.config.LOOP_VECTORIZE = old
 
 
 def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
@@ -288,7 +276,7 @@ def pointwise_kernel(COT, PXT, ACT, PRE=-1, RES=False, POST=False, cache=True):
     IACT = ACT if INLINE else NONE  # any other code: activate_planes over the stored block
     compile_span(ACT)  # before this kernel, which links its loop-vectorized code
     if PRE >= 0:
-        compile_prologue_planes()  # likewise
+        compile_loop_vectorized(prologue_planes, PROLOGUE_SIG)  # likewise
 
     @njit(cache=cache, nogil=True, fastmath=_FASTMATH)
     @named("pointwise_kernel", key)
