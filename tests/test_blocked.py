@@ -997,3 +997,61 @@ def test_every_padded_border_is_cleared_each_run_however_the_layers_split(net, n
                 if buf is not None:
                     buf.fill(np.nan)
         np.testing.assert_array_equal(sess.run(None, feeds)[0], ours[0])
+
+
+# -- Winograd convs reading a blocked input ------------------------------------------------------------
+
+def _bottlenecks(cin, mid, size, batch=1, blocks=2, pad=1, seed=0):
+    """ResNet-50's bottleneck blocks: 1x1 + BN + ReLU, 3x3 + BN + ReLU, 1x1 + BN, + the block's input,
+    ReLU (a 3x3 with pad 0 shrinks the image: then no residual)."""
+    b = Builder(seed)
+    x = "x"
+    for _ in range(blocks):
+        h = b.node("Relu", [b.bn(b.conv(x, cin, mid, k=1), mid)])
+        h = b.node("Relu", [b.bn(b.conv(h, mid, mid, k=3, pad=pad), mid)])
+        y = b.bn(b.conv(h, mid, cin, k=1), cin)
+        x = b.node("Relu", [b.node("Add", [y, x])]) if pad == 1 else y
+    rng = np.random.default_rng(seed)
+    return b.model({"x": [batch, cin, *size]}, [x]), {"x": rng.standard_normal((batch, cin, *size)).astype(np.float32)}
+
+
+def _winograd_marks(sess) -> list:
+    plan = next(iter(sess._plans.values()))
+    return [st.node.attrs["_blocked"] for st in plan.steps if st.node.attrs.get("_blocked")
+            and st.node.op == "Conv" and plan.graph.values[st.node.inputs[1]].shape[2:] == (3, 3)]
+
+
+@pytest.mark.parametrize("cin,mid,size,batch,pad,border", [
+    (64, 32, (8, 8), 1, 1, (1, 1, 1, 1)), (48, 40, (9, 10), 2, 1, (1, 1, 2, 1)),
+    (64, 48, (14, 12), 1, 0, None), (40, 33, (13, 15), 1, 0, (0, 0, 1, 1))])
+def test_a_winograd_conv_reads_the_1x1_convs_blocked_output_with_its_border(cin, mid, size, batch, pad, border,
+                                                                           monkeypatch):
+    """The 1x1 conv before it writes the blocked value with the border the Winograd kernel reads (its
+    pads, and what rounds the output up to whole 2x2 tiles: bottom and right of odd sizes); the
+    Winograd conv reads it as it is (no packing) and writes NCHW."""
+    from bninfer.plan import Plan
+    model, feeds = _bottlenecks(cin, mid, size, batch, pad=pad)
+    sess, ours = _check(model, feeds)
+    marks = _winograd_marks(sess)
+    assert len(marks) == 2 and all(m.x and not m.y and m.x_pads == border for m in marks)
+    pads = [m.y_pads for m in _marks(sess) if m.y_pads is not None]
+    assert pads == ([border] * 2 if border else [])  # the 1x1 convs before them write that border
+    nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
+    np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-5 * np.abs(nchw[0]).max())
+    out, parts, native = _split_run(model, feeds, 2, monkeypatch)
+    assert parts and native
+    np.testing.assert_array_equal(out, ours[0])  # same sums, only on other threads
+
+
+def test_a_value_a_winograd_conv_shares_with_another_reader_stays_nchw():
+    b = Builder(5)
+    h = b.node("Relu", [b.conv("x", 32, 32, k=1)])
+    y1 = b.conv(h, 32, 32, k=3)  # a Winograd conv and a 1x1 conv read h
+    y2 = b.conv(h, 32, 32, k=1)
+    h2 = b.node("Relu", [b.conv("x", 32, 32, k=1)])
+    y3 = b.conv(h2, 32, 32, k=3)  # two Winograd convs with other borders read h2
+    y4 = b.conv(h2, 32, 32, k=3, pad=0)
+    model = b.model({"x": [1, 32, 10, 10]}, [y1, y2, y3, y4])
+    sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 32, 10, 10)).astype(np.float32)})
+    assert not _marks(sess)
+    assert len(_winograd_marks(_check(_bottlenecks(32, 32, (10, 10))[0], _bottlenecks(32, 32, (10, 10))[1])[0])) == 2

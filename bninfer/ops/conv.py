@@ -19,8 +19,9 @@ Conv paths (batch 1 float32 single thread; ratios to onnxruntime in benchmarks/c
   * depthwise (multiplier 1) 1-D/2-D with constant weights: kernels.depthwise, vectors along the row for
     rows of 24+ outputs, 16-channel blocks below;
   * any other depthwise: a direct loop kernel, prologue and epilogue fused;
-  * 1x1 and depthwise convs in the depthwise-separable chains bninfer.passes.layout marks: channel-blocked
-    values in and out (bninfer.ops.conv_blocked); other 1x1 convs (stride 1, unpadded, no prologue) over
+  * 1x1 and depthwise convs in the chains bninfer.passes.layout marks (depthwise-separable ones, and
+    ResNet's bottlenecks around a Winograd conv, which then reads its blocked input, border included, as
+    it is): channel-blocked values in and out (bninfer.ops.conv_blocked); other 1x1 convs (stride 1, unpadded, no prologue) over
     at most 14x14 pixels take the same blocked 1x1 kernel with NCHW in and out;
   * 1x1, stride 1, unpadded, no prologue: the input is already the column matrix;
   * otherwise im2col (prologue applied to the gathered elements) and one batched BLAS matmul over
@@ -746,23 +747,37 @@ def _use_winograd(g: Geometry) -> bool:
             and min(g.out_spatial) >= (tiles.HOST.winograd_min_size if _WINO_MIN_SIZE is None else _WINO_MIN_SIZE))
 
 
-def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
-    from ..kernels import winograd as WG
-    cin, cout = g.in_channels, g.out_channels
+def winograd_pads(g: Geometry) -> tuple[int, int, int, int]:
+    """The zero border (top, left, bottom, right) the Winograd kernel reads around a layer's input: its
+    pads, and at the bottom and right what rounds the output up to whole 2x2 tiles."""
     H, W = g.in_spatial
     PH, PW = g.pads_begin
     OH, OW = g.out_spatial
+    Hp, Wp = 2 * -(-OH // 2) + 2, 2 * -(-OW // 2) + 2  # (stride 1: OH = H + pads - 2)
+    return PH, PW, Hp - H - PH, Wp - W - PW
+
+
+def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, x_padded: bool = False):
+    """x_padded: the input is stored channel-blocked with winograd_pads' zero border (a chain's value,
+    bninfer.passes.layout), the layout the kernel reads: no packing (and no prologue)."""
+    from ..kernels import winograd as WG
+    cin, cout = g.in_channels, g.out_channels
+    H, W = g.in_spatial
+    PH, PW, EH, EW = winograd_pads(g)
+    OH, OW = g.out_spatial
     TH, TW = -(-OH // 2), -(-OW // 2)
-    Hp, Wp = 2 * TH + 2, 2 * TW + 2  # covers the pads (stride 1: OH = H + pads - 2); extra rows are zero
+    Hp, Wp = H + PH + EH, W + PW + EW
+    if x_padded and pro.has_pre:
+        raise ModelError("a Winograd conv reading a padded blocked input takes no prologue")
     cinb = -(-cin // 16)
     nob = -(-cout // WG.COB)
     U = WG.transform_weights(np.asarray(wdata, np.float32).reshape(cout, cin, 3, 3))
     rt, ch = _wino_plan(OH, OW)
     kern = WG.compile_now(WG.winograd_kernel(rt, ep.code))
     plane = cinb * 16 * Hp * Wp
-    padded = _PaddedInput(plane)
+    padded = None if x_padded else _PaddedInput(plane)
     N = g.batch
-    xs, ys = cin * H * W, cout * OH * OW
+    xs, ys = plane if x_padded else cin * H * W, cout * OH * OW
     alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
     TT = TH * TW  # 2x2 output tiles
     macs = cout * OH * OW * cin * 4  # Winograd does 4/9 of the direct multiply-adds; counted as 4 per output
@@ -772,21 +787,24 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
-        xp = padded.get()
+        xp = x if x_padded else padded.get()
 
-        def outside():  # x: packed before
-            return threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)
+        def outside():  # x: packed before, or read as it is
+            return threads.owners(yf, b, res, xp) + tuple(i[0 if x_padded else 1:]) + tuple(o)
         for n in range(N):
-            if n:
-                xp[:] = 0.0
             xn = x[n * xs:(n + 1) * xs]
+            if x_padded:
+                xp = xn
+            else:
+                if n:
+                    xp[:] = 0.0
 
-            def pack(b0, b1):  # blocks of 16 input channels [b0, b1)
-                c0, c1 = b0 * 16, min(b1 * 16, cin)
-                return [(CD.pack_input, (xn[c0 * cplane:c1 * cplane], xp[b0 * bplane:b1 * bplane], c1 - c0, H, W, 16,
-                                         Hp, Wp, PH, PW, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1], pro.code,
-                                         pro.alpha[c0:c1], pro.beta))]
-            split_copy(pack, cinb, xs, pack_tables[n], i, o, x, xp)
+                def pack(b0, b1):  # blocks of 16 input channels [b0, b1)
+                    c0, c1 = b0 * 16, min(b1 * 16, cin)
+                    return [(CD.pack_input, (xn[c0 * cplane:c1 * cplane], xp[b0 * bplane:b1 * bplane], c1 - c0, H, W,
+                                             16, Hp, Wp, PH, PW, pro.has_pre, pro.scale[c0:c1], pro.shift[c0:c1],
+                                             pro.code, pro.alpha[c0:c1], pro.beta))]
+                split_copy(pack, cinb, xs, pack_tables[n], i, o, x, xp)
             r = res[n * ys:(n + 1) * ys] if has_res else res
             yn = yf[n * ys:(n + 1) * ys]
 

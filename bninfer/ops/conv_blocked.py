@@ -16,8 +16,8 @@ from ..ir import Value
 from ..kernels import blocked as BK
 from ..kernels import conv_direct as CD
 from . import fusion
-from .conv import (_EMPTY, _Epilogue, _PaddedInput, _bias_of, _plane, conv_geometry, split_copy,
-                   subsample_split)
+from .conv import (_EMPTY, _Epilogue, _PaddedInput, _Prologue, _bias_of, _plane, _use_winograd, _winograd_conv,
+                   conv_geometry, split_copy, subsample_split, winograd_pads)
 
 
 class Marks(NamedTuple):
@@ -36,10 +36,17 @@ def pads_of(node, ins) -> tuple[int, int, int, int]:
     return (PH, PW, EH, EW)
 
 
+def wino_pads_of(node, ins) -> tuple[int, int, int, int]:
+    """The border (top, left, bottom, right) a Winograd conv reads its input with (conv.winograd_pads)."""
+    return winograd_pads(conv_geometry(node, ins))
+
+
 def blocked_kind(node, ins, strided: bool = False) -> str | None:
     """"pw" (1x1, stride 1, or any with `strided`, unpadded, group 1, at least PW_MIN_PIXELS output
-    pixels), "dw" (depthwise, multiplier 1, rows of at least DW_MIN_WIDTH) or "stem" (any other group-1
-    conv of at most STEM_MAX_CHANNELS input channels, rows of at least STEM_MIN_WIDTH) for a 2-D float32
+    pixels), "dw" (depthwise, multiplier 1, rows of at least DW_MIN_WIDTH), "stem" (any other group-1
+    conv of at most STEM_MAX_CHANNELS input channels, rows of at least STEM_MIN_WIDTH) or "wino" (a 3x3
+    conv the Winograd kernel takes: it reads a blocked input with winograd_pads' border as it is, and
+    writes NCHW) for a 2-D float32
     Conv with constant weights and bias, no prologue, no affine after an activation the kernels do not
     inline (INLINE_CODES) and a residual (if any) of the output's shape; None for any other node."""
     if node.op != "Conv" or len(ins) < 2 or ins[0] is None or ins[1] is None or ins[1].data is None:
@@ -72,6 +79,8 @@ def blocked_kind(node, ins, strided: bool = False) -> str | None:
         return "dw" if g.out_spatial[1] >= BK.DW_MIN_WIDTH else None
     if g.group == 1 and g.in_channels <= STEM_MAX_CHANNELS and g.out_spatial[1] >= STEM_MIN_WIDTH:
         return "stem"
+    if _use_winograd(g):
+        return "wino"
     return None
 
 
@@ -108,6 +117,8 @@ def build(node, ins, outs, marks: Marks | None = None):
     kind = blocked_kind(node, ins, strided=marks == NCHW)
     if kind is None:
         raise ModelError(f"node {node.name!r} (Conv): marked for the blocked layout but does not fit it")
+    if kind == "wino":
+        return _winograd(node, ins, marks)
     factors = fusion.extra(node, "channel_scale")
     if factors is not None and (kind != "pw" or not marks.x):
         raise ModelError(f"node {node.name!r} (Conv): input channel factors, but no blocked 1x1 conv")
@@ -182,6 +193,18 @@ def build(node, ins, outs, marks: Marks | None = None):
             for n in range(N):
                 split_copy(conversion(BK.from_blocked, y, yo, n, False), nob, cout * P, out_tables[n], i, o, y, yo)
     return record.recordable(run)
+
+
+def _winograd(node, ins, marks: Marks):
+    """A Winograd conv reading its blocked input, stored with the border the kernel reads, as it is."""
+    g = conv_geometry(node, ins)
+    if not marks.x or marks.res or marks.y or tuple(marks.x_pads or (0, 0, 0, 0)) != winograd_pads(g):
+        raise ModelError(f"node {node.name!r} (Conv): a Winograd conv takes a blocked input only, with the "
+                         f"border {winograd_pads(g)}, not {marks}")
+    out_shape = (g.batch, g.out_channels) + g.out_spatial
+    bias, _ = _bias_of(node, ins, fusion.base_inputs(node), g.out_channels)
+    return _winograd_conv(g, _Epilogue(node, ins, out_shape, g.out_channels), _Prologue(node, ins, g.in_channels),
+                          bias, ins[1].data, x_padded=True)
 
 
 # pixels per share when threads split a 1x1 layer over its pixels: at least a tile's (7 or 8)
