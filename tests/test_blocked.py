@@ -1028,12 +1028,12 @@ def test_a_winograd_conv_reads_the_1x1_convs_blocked_output_with_its_border(cin,
                                                                            monkeypatch):
     """The 1x1 conv before it writes the blocked value with the border the Winograd kernel reads (its
     pads, and what rounds the output up to whole 2x2 tiles: bottom and right of odd sizes); the
-    Winograd conv reads it as it is (no packing) and writes NCHW."""
+    Winograd conv reads it as it is (no packing) and writes the 1x1 conv after it a blocked value."""
     from bninfer.plan import Plan
     model, feeds = _bottlenecks(cin, mid, size, batch, pad=pad)
     sess, ours = _check(model, feeds)
     marks = _winograd_marks(sess)
-    assert len(marks) == 2 and all(m.x and not m.y and m.x_pads == border for m in marks)
+    assert len(marks) == 2 and all(m.x and m.y and m.x_pads == border and m.y_pads is None for m in marks)
     pads = [m.y_pads for m in _marks(sess) if m.y_pads is not None]
     assert pads == ([border] * 2 if border else [])  # the 1x1 convs before them write that border
     nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
@@ -1041,6 +1041,16 @@ def test_a_winograd_conv_reads_the_1x1_convs_blocked_output_with_its_border(cin,
     out, parts, native = _split_run(model, feeds, 2, monkeypatch)
     assert parts and native
     np.testing.assert_array_equal(out, ours[0])  # same sums, only on other threads
+
+
+def test_a_winograd_conv_adding_a_residual_writes_nchw():
+    b = Builder(6)
+    h = b.node("Relu", [b.bn(b.conv("x", 32, 40, k=1), 40)])
+    y = b.node("Relu", [b.node("Add", [b.bn(b.conv(h, 40, 32, k=3), 32), "x"])])
+    model = b.model({"x": [2, 32, 9, 10]}, [b.conv(y, 32, 48, k=1)])
+    sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((2, 32, 9, 10)).astype(np.float32)})
+    marks = _winograd_marks(sess)
+    assert len(marks) == 1 and marks[0].x and not marks[0].res and not marks[0].y
 
 
 def test_a_value_a_winograd_conv_shares_with_another_reader_stays_nchw():
@@ -1055,3 +1065,100 @@ def test_a_value_a_winograd_conv_shares_with_another_reader_stays_nchw():
     sess, _ = _check(model, {"x": np.random.default_rng(0).standard_normal((1, 32, 10, 10)).astype(np.float32)})
     assert not _marks(sess)
     assert len(_winograd_marks(_check(_bottlenecks(32, 32, (10, 10))[0], _bottlenecks(32, 32, (10, 10))[1])[0])) == 2
+
+
+@pytest.mark.parametrize("cin,cout,h,w,k,stride,dil,pads,rw", [
+    (32, 32, 10, 12, 3, 2, 1, (1, 1, 1, 1), 5), (40, 20, 9, 7, 3, 1, 2, (2, 2, 2, 2), 4),
+    (16, 48, 11, 13, 5, 2, 1, (2, 1, 2, 1), 4), (33, 16, 6, 9, 3, 3, 1, (0, 1, 1, 0), 5)])
+@pytest.mark.parametrize("act,res,post", [(A.RELU, True, False), (A.SWISH, False, False), (A.LEAKY_RELU, False, True)])
+def test_the_direct_kernel_reads_a_blocked_input_as_the_planar_one(cin, cout, h, w, k, stride, dil, pads, rw, act,
+                                                                   res, post):
+    """The same sums in the same order from the blocked layout (border and slack rows included) as from
+    the planar one it packs NCHW into: bit for bit, against numpy too."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+    ph, pw, eh, ew = pads
+    hp, wp = h + ph + eh, w + pw + ew
+    oh, ow = (hp - dil * (k - 1) - 1) // stride + 1, (wp - dil * (k - 1) - 1) // stride + 1
+    cinb, cob = BK.blocks(cin), 16
+    extra = -(-(rw * stride + k * dil) // wp)  # rows of slack, as conv.direct_pads gives them
+    slack = (rw * stride + k * dil) * 16
+    planar = np.zeros((cinb * 16, hp, wp), np.float32)
+    planar[:cin, ph:ph + h, pw:pw + w] = x
+    planar = np.concatenate([planar.reshape(-1), np.full(slack, np.nan, np.float32)])
+    blocked = _to_blocked(x, (ph, pw, eh + extra, ew))  # no slack past its end: the extra rows hold it
+    packed = CD.pack_weights(wt, cinb, 16, cob)
+    bias, alpha, ps, pt = _epilogue_operands(rng, cout)
+    alpha[:] = alpha[0]  # (one for every channel, as the span activations take it)
+    r = rng.standard_normal(cout * oh * ow).astype(np.float32) if res else np.zeros(1, np.float32)
+    outs = []
+    for xb, xp, rows in ((False, planar, hp), (True, blocked, hp + extra)):
+        kern = CD.compile_now(CD.direct_kernel(k, k, stride, stride, dil, dil, 16, cob, rw, act, XB=xb), CD.DIRECT_SIG)
+        y = np.full(cout * oh * ow, np.nan, np.float32)
+        kern(xp, packed, y, cinb, rows, wp, cout, oh, ow, bias, r, res, alpha, 0.0, post, ps, pt, 0)
+        outs.append(y)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    xpad = planar[:cin * hp * wp].reshape(cin, hp, wp).astype(np.float64) if cin % 16 == 0 else \
+        planar[:cinb * 16 * hp * wp].reshape(-1, hp, wp)[:cin].astype(np.float64)
+    want = np.zeros((cout, oh, ow))
+    for i in range(k):
+        for j in range(k):
+            tap = xpad[:, i * dil:i * dil + stride * (oh - 1) + 1:stride, j * dil:j * dil + stride * (ow - 1) + 1:stride]
+            want += np.einsum("oc,chw->ohw", wt[:, :, i, j].astype(np.float64), tap)
+    want = want.reshape(cout, -1) + bias[:cout, None] + (r.reshape(cout, -1) if res else 0)
+    want = ACTS[act](want, alpha[:cout].astype(np.float64)) if act != A.RELU else np.maximum(want, 0)
+    if post:
+        want = want * ps[:cout, None] + pt[:cout, None]
+    np.testing.assert_allclose(outs[1].reshape(cout, -1), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,h,w,sh,sw", [(16, 8, 8, 2, 2), (40, 9, 7, 2, 3), (5, 4, 6, 1, 2)])
+def test_subsample_takes_every_strided_pixel_of_each_block(c, h, w, sh, sw):
+    x = np.random.default_rng(0).standard_normal((c, h, w)).astype(np.float32)
+    oh, ow = -(-h // sh), -(-w // sw)
+    y = np.full(BK.blocks(c) * oh * ow * 16, np.nan, np.float32)
+    CD.compile_now(BK.subsample, BK.SUB_SIG)
+    BK.subsample(_to_blocked(x), y, BK.blocks(c), h, w, sh, sw, oh, ow)
+    np.testing.assert_array_equal(y, _to_blocked(x[:, ::sh, ::sw]))
+
+
+def _stage_change(cin, mid, cout, size, batch=1, seed=0):
+    """Two bottlenecks, the second ResNet-50's first of a stage: its 3x3 conv strided (the direct
+    kernel's), its shortcut a strided 1x1 conv + BN (both read the first block's blocked output)."""
+    b = Builder(seed)
+    h = b.node("Relu", [b.bn(b.conv("x", cin, mid, k=1), mid)])
+    h = b.node("Relu", [b.bn(b.conv(h, mid, mid, k=3), mid)])
+    x = b.node("Relu", [b.node("Add", [b.bn(b.conv(h, mid, cin, k=1), cin), "x"])])
+    h = b.node("Relu", [b.bn(b.conv(x, cin, mid, k=1), mid)])
+    h = b.node("Relu", [b.bn(b.conv(h, mid, mid, k=3, stride=2), mid)])
+    y = b.bn(b.conv(h, mid, cout, k=1), cout)
+    short = b.bn(b.conv(x, cin, cout, k=1, stride=2, pad=0), cout)
+    out = b.node("GlobalAveragePool", [b.node("Relu", [b.node("Add", [y, short])])])
+    rng = np.random.default_rng(seed)
+    return b.model({"x": [batch, cin, *size]}, [out]), {"x": rng.standard_normal((batch, cin, *size)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("cin,mid,cout,size,batch", [(64, 32, 96, (16, 16), 1), (48, 40, 80, (15, 17), 2)])
+def test_a_strided_stage_change_runs_blocked_through(cin, mid, cout, size, batch, monkeypatch):
+    """The strided 3x3 conv (the direct kernel) reads the 1x1 conv's blocked output with its border and
+    slack rows; the strided 1x1 shortcut takes its blocked input's strided pixels (kernels.blocked.subsample)."""
+    from bninfer.ops import conv as C
+    from bninfer.plan import Plan
+    model, feeds = _stage_change(cin, mid, cout, size, batch)
+    sess, ours = _check(model, feeds)
+    plan = next(iter(sess._plans.values()))
+    marks = {st.node.name: st.node.attrs["_blocked"] for st in plan.steps if st.node.attrs.get("_blocked")}
+    convs = [st.node for st in plan.steps if st.node.op == "Conv"]
+    assert len(marks) == len(convs) + 1 == 8  # every conv, and the pool (the strided 3x3 writes NCHW)
+    strided3 = [n for n in convs if plan.graph.values[n.inputs[1]].shape[2] == 3 and n.attrs["strides"] == [2, 2]]
+    g = C.conv_geometry(strided3[0], [plan.graph.values[v] for v in strided3[0].inputs[:2]])
+    m = marks[strided3[0].name]
+    assert m.x and not m.y and m.x_pads == C.direct_pads(g) and m.x_pads[2] > g.pads_end[0]
+    shortcut = [n for n in convs if plan.graph.values[n.inputs[1]].shape[2] == 1 and n.attrs["strides"] == [2, 2]]
+    assert marks[shortcut[0].name].x and marks[shortcut[0].name].y
+    nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
+    np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-5 * np.abs(nchw[0]).max())
+    out, parts, native = _split_run(model, feeds, 2, monkeypatch)
+    assert parts and native
+    np.testing.assert_array_equal(out, ours[0])

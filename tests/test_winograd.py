@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
+from bninfer import activations as A
+from bninfer.kernels import winograd as WG
 from bninfer.ops import conv as C
 from tests.test_conv import _channel, _np_act, _ort_plain, _run_fused
 from tests.util import assert_matches_ort, make_model, randn
@@ -248,3 +250,39 @@ def test_threads_share_a_planes_tiles_evenly(size, nth):
     assert sum(shares) == tiles_ and max(shares) - min(shares) <= ck
     if size == 14 and nth == 2:
         assert shares == [25, 24]
+
+
+@pytest.mark.parametrize("cout,oh,ow", [(40, 9, 7), (32, 8, 10), (16, 7, 7)])
+@pytest.mark.parametrize("act,post", [(A.RELU, False), (A.CLIP, True), (A.NONE, True), (A.SIGMOID, False)])
+def test_a_blocked_output_holds_what_the_nchw_one_does(cout, oh, ow, act, post):
+    """The output transform's channel-blocked stores (16 lanes a pixel, the last block's lanes past cout
+    written too, finite) give the NCHW stores' values bit for bit, and write nothing past the blocks."""
+    from bninfer.kernels import blocked as BK
+    from bninfer.kernels import conv_direct as CD
+    cin = 33
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((cin, oh, ow)).astype(np.float32)
+    w = (rng.standard_normal((cout, cin, 3, 3)) / 10).astype(np.float32)
+    bias, alpha = rng.standard_normal(cout).astype(np.float32), rng.uniform(-1, 0, cout).astype(np.float32)
+    ps, pt = rng.uniform(-2, 2, cout).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
+    th, tw = -(-oh // 2), -(-ow // 2)
+    hp, wp, cinb = 2 * th + 2, 2 * tw + 2, -(-cin // 16)
+    xp = np.zeros(cinb * 16 * hp * wp, np.float32)
+    none = np.zeros(cin, np.float32)
+    CD.pack_input(x.reshape(-1), xp, cin, oh, ow, 16, hp, wp, 1, 1, False, none, none, 0, none, 0.0)
+    U = WG.transform_weights(w)
+    nob, nb = -(-cout // WG.COB), -(-cout // 16)
+    pad = lambda v: np.concatenate([v, np.zeros(-cout % 16, np.float32)])  # noqa: E731
+    outs = []
+    for yb in (False, True):
+        kern = WG.compile_now(WG.winograd_kernel(2, act, yb))
+        size = (nb * 16 if yb else cout) * oh * ow
+        out = np.full(size + 64, 7.0, np.float32)  # 7: never a result here; the tail must keep it
+        kern(xp, U, out[:size], cinb, hp, wp, cout, nob, oh, ow, bias, np.zeros(1, np.float32), False, alpha, 6.0,
+             post, pad(ps) if yb else ps, pad(pt) if yb else pt, 5, 0, th * tw)
+        assert (out[size:] == 7.0).all()
+        outs.append(out[:size])
+    assert np.isfinite(outs[1]).all()
+    back = np.empty(cout * oh * ow, np.float32)
+    BK.from_blocked(outs[1], back, cout, oh * ow)
+    np.testing.assert_array_equal(back, outs[0])

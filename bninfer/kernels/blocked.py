@@ -76,6 +76,22 @@ def from_blocked(x, out, C, P):
                 out[oc + up] = x[xb + up * u16 + np.uint64(c)]
 
 
+@njit(cache=True, nogil=True)
+def subsample(x, y, NB, H, W, SH, SW, OH, OW):
+    """y (NB, OH, OW, 16) flat = x (NB, H, W, 16) flat [:, :OH * SH:SH, :OW * SW:SW]: a strided 1x1
+    conv's blocked input, taken into a buffer of the layer's (a pixel's 16 lanes a vector copy)."""
+    u16 = np.uint64(CB)
+    for b in range(NB):
+        for oh in range(OH):
+            src = np.uint64(((b * H + oh * SH) * W) * CB)
+            dst = np.uint64(((b * OH + oh) * OW) * CB)
+            for ow in range(OW):
+                s = src + np.uint64(ow * SW) * u16
+                d = dst + np.uint64(ow) * u16
+                for c in range(CB):
+                    y[d + np.uint64(c)] = x[s + np.uint64(c)]
+
+
 # -- squeeze-excitation: the mean of each channel, and a product by one factor per channel --------------
 
 _GAP_CHUNK = 64  # pixels summed in float32 registers before their sum joins the float64 one
@@ -611,3 +627,4 @@ def pad_planes(x, xp, C, H, W, Hp, Wp, PH, PW):
 
 
 PAD_SIG = (_A, _A, _I, _I, _I, _I, _I, _I, _I)
+SUB_SIG = (_A, _A, _I, _I, _I, _I, _I, _I, _I)

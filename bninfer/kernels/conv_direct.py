@@ -147,13 +147,15 @@ def pack_weights(w: np.ndarray, cinb: int, cib: int, cob: int) -> np.ndarray:
 _KERNELS: dict = {}
 
 
-def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
+def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, XB=False, cache=True):
     """The direct convolution kernel for these compile-time constants (cached per process and on disk).
 
     kern(xp, w, out, CINB, Hp, Wp, COUT, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt, 0):
-    out (COUT, OH, OW) flat = ps[c] * act(conv + bias[c] + res, alpha[c], beta) + pt[c]. xp must hold
-    RW * SW * CIB floats of slack after its end (the last tile of a row may read past it)."""
-    key = (KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT)
+    out (COUT, OH, OW) flat = ps[c] * act(conv + bias[c] + res, alpha[c], beta) + pt[c], xp the padded
+    input (CINB, CIB, Hp, Wp) flat, or with XB channel-blocked (CINB, Hp, Wp, CIB) (bninfer.kernels.blocked's
+    layout, border included). The last tile of a row may read past its end: xp must hold RW * SW + KW * DW
+    pixels of slack after it (their values only reach outputs past the row, never stored)."""
+    key = (KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, XB)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
@@ -177,7 +179,10 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
                         acc[i] = 0.0
                     for cb in range(CINB):
                         for kh in range(KH):
-                            xr = (cb * CIB * Hp + oh * SH + kh * DH) * Wp + ow0 * SW
+                            if XB:
+                                xr = ((cb * Hp + oh * SH + kh * DH) * Wp + ow0 * SW) * CIB
+                            else:
+                                xr = (cb * CIB * Hp + oh * SH + kh * DH) * Wp + ow0 * SW
                             wr = ob * wob + (cb * KH + kh) * (CIB * KW * COB)
                             # ci0 is 0 at run time: an unknown trip count keeps LLVM from unrolling
                             # a 1x1 kernel's channel loop into a block too big to vectorize
@@ -185,9 +190,12 @@ def direct_kernel(KH, KW, SH, SW, DH, DW, CIB, COB, RW, ACT, cache=True):
                                 for kw in range(KW):
                                     # unsigned indices: no negative-index wraparound in the hot loop
                                     wo = np.uint64(wr + (ci * KW + kw) * COB)
-                                    xo = np.uint64(xr + ci * plane + kw * DW)
+                                    if XB:
+                                        xo = np.uint64(xr + ci + kw * DW * CIB)
+                                    else:
+                                        xo = np.uint64(xr + ci * plane + kw * DW)
                                     for px in range(RW):
-                                        xv = xp[xo + np.uint64(px * SW)]
+                                        xv = xp[xo + np.uint64(px * SW * (CIB if XB else 1))]
                                         for c in range(COB):
                                             acc[px * COB + c] += xv * w[wo + np.uint64(c)]
                     npx = min(RW, OW - ow0)

@@ -11,7 +11,9 @@ cache), in three stages per chunk, all inside one call:
   * 16 matrix products M[xi] (tiles x COUTP) = V[xi] (tiles x CINP) . U[xi] (CINP x COUTP) with a register
     tile of RT tiles x COB output channels (V broadcast, U vector loads), as conv_direct's direct kernel;
   * output transform, bias and activation vectorized over 16 output channels (bias and Clip bounds copied
-    into small padded local arrays first), then the residual, post affine and the NCHW stores per element.
+    into small padded local arrays first), then the residual, post affine and the NCHW stores per element,
+    or channel-blocked stores (bninfer.kernels.blocked's layout: a pixel's 16 channels in a row), for a
+    blocked chain (bninfer.passes.layout), which also hands the kernel its input in the packed layout.
 The transforms are compiled with LLVM's loop vectorizer on (their 16-lane inner loops), the matrix product
 with it off and the SLP vectorizer on (conv_direct.compile_settings); the driver links the compiled stages.
 Measured facts behind the code (AMD Zen 5, AVX-512):
@@ -200,11 +202,14 @@ def gemm_kernel(RT, cache=True):
 
 # -- output transform and epilogue ----------------------------------------------------------------------
 
-def out_kernel(ACT, cache=True):
+def out_kernel(ACT, YB=False, cache=True):
     """wout(M, out, k0, nk, TW, KTP, COUT, COUTP, OH, OW, bp, ap, beta, res, has_res, has_post, ps, pt,
     Y): output transform of the chunk's tiles k0 .. k0 + nk - 1, epilogue fused, into out (COUT, OH, OW)
-    NCHW. bp / ap are the bias and Clip lower bounds padded to COUTP; Y is a scratch of 64 floats."""
-    key = ("out", ACT)
+    NCHW, or with YB channel-blocked (ceil(COUT / 16), OH, OW, 16) (bninfer.kernels.blocked's layout,
+    every lane written: a pixel's 16 channels one vector store; no residual; ps and pt then padded to
+    whole blocks). bp / ap are the bias and Clip lower bounds padded to COUTP; Y is a scratch of 64
+    floats.""" 
+    key = ("out", ACT, YB)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
@@ -231,7 +236,7 @@ def out_kernel(ACT, cache=True):
             two_h = oh + 1 < OH
             ow = 2 * (k0 + k - th * TW)
             two_w = ow + 1 < OW
-            for cb in range(COUTP // 16):
+            for cb in range((COUT + 15) // 16):  # (the blocks past COUT, up to COUTP, store nothing)
                 mo = np.uint64(k * COUTP + cb * 16)
                 co0 = cb * 16
                 for j in range(16):
@@ -270,8 +275,19 @@ def out_kernel(ACT, cache=True):
                     Y[uj + u16] = y1
                     Y[uj + u32] = y2
                     Y[uj + u48] = y3
-                if two_h and two_w and not has_post and not late and (ACT == NONE or ACT == RELU
-                                                                      or ACT == CLIP):
+                if YB and two_h and two_w and not has_post and (ACT == NONE or ACT == RELU or ACT == CLIP):
+                    # four pixels' 16 channels, each one contiguous run (lanes past COUT too: finite)
+                    uo = np.uint64(((co0 // 16 * OH + oh) * OW + ow) * 16)
+                    uOW = np.uint64(OW * 16)
+                    for j in range(16):
+                        uj = np.uint64(j)
+                        out[uo + uj] = Y[uj]
+                        out[uo + u16 + uj] = Y[uj + u16]
+                        out[uo + uOW + uj] = Y[uj + u32]
+                        out[uo + uOW + u16 + uj] = Y[uj + u48]
+                    continue
+                if not YB and two_h and two_w and not has_post and not late and (ACT == NONE or ACT == RELU
+                                                                                  or ACT == CLIP):
                     nj = min(16, COUT - co0)
                     uo = np.uint64(co0 * P + oh * OW + ow)
                     uP, uOW = np.uint64(P), np.uint64(OW)
@@ -285,15 +301,18 @@ def out_kernel(ACT, cache=True):
                     continue
                 if two_h and two_w and (ACT == NONE or ACT == RELU or ACT == CLIP):
                     # full tile, residual and/or post affine: straight-line per channel
-                    nj = min(16, COUT - co0)
-                    uOW = np.uint64(OW)
+                    nj = 16 if YB else min(16, COUT - co0)
+                    uOW = np.uint64(OW * 16 if YB else OW)
                     for j in range(nj):
                         co = co0 + j
                         uj = np.uint64(j)
-                        base = np.uint64(co * P + oh * OW + ow)
+                        if YB:
+                            base = np.uint64(((co0 // 16 * OH + oh) * OW + ow) * 16 + j)
+                        else:
+                            base = np.uint64(co * P + oh * OW + ow)
                         a, sc, sh = ap[co], ps[co], pt[co]
                         for q in range(4):
-                            ob = base + np.uint64(q // 2) * uOW + np.uint64(q % 2)
+                            ob = base + np.uint64(q // 2) * uOW + np.uint64(q % 2) * (u16 if YB else np.uint64(1))
                             v = Y[uj + np.uint64(q * 16)]
                             if has_res:
                                 v += res[ob]
@@ -309,16 +328,16 @@ def out_kernel(ACT, cache=True):
                     continue
                 for j in range(16):
                     co = co0 + j
-                    if co >= COUT:
+                    if co >= COUT and not YB:
                         break
-                    base = co * P + oh * OW + ow
+                    base = ((co0 // 16 * OH + oh) * OW + ow) * 16 + j if YB else co * P + oh * OW + ow
                     for q in range(4):
                         dh = q // 2
                         dw = q % 2
                         if (dh == 1 and not two_h) or (dw == 1 and not two_w):
                             continue
                         v = Y[q * 16 + j]
-                        ob = base + dh * OW + dw
+                        ob = base + (dh * OW + dw) * 16 if YB else base + dh * OW + dw
                         if late or (ACT != NONE and ACT != RELU and ACT != CLIP):
                             if has_res:
                                 v += res[ob]
@@ -340,19 +359,20 @@ def out_kernel(ACT, cache=True):
 
 # -- driver ------------------------------------------------------------------------------------------------
 
-def winograd_kernel(RT, ACT, cache=True):
+def winograd_kernel(RT, ACT, YB=False, cache=True):
     """kern(xp, U, out, CINB, Hp, Wp, COUT, NOB, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt,
     CK, K0, K1): out (COUT, OH, OW) flat = ps[c] * act(conv + bias[c] + res, alpha[c], beta) + pt[c] on the
     tiles [K0, K1) (tile th * ceil(OW / 2) + tw: 2x2 outputs at rows 2 th, columns 2 tw), CK tiles per
     chunk. Tiles, not tile rows, so that threads can share a plane evenly (7 tile rows of a 14x14 layer
     went 4 + 3). xp as made by conv_direct.pack_input with 16-channel blocks, Hp >= 2 * ceil(OH / 2) + 2,
-    Wp >= 2 * ceil(OW / 2) + 2. Scratch is allocated per call (thread-safe)."""
-    key = ("wino", RT, ACT)
+    Wp >= 2 * ceil(OW / 2) + 2. With YB out is channel-blocked instead (out_kernel). Scratch is allocated
+    per call (thread-safe)."""
+    key = ("wino", RT, ACT, YB)
     k = _KERNELS.get(key) if cache else None
     if k is not None:
         return k
     gemm = gemm_kernel(RT, cache)
-    wout = out_kernel(ACT, cache)
+    wout = out_kernel(ACT, YB, cache)
     with _settings(True):
         wino_in.compile(IN_SIG)
         wout.compile(OUT_SIG)
@@ -361,10 +381,10 @@ def winograd_kernel(RT, ACT, cache=True):
 
     # the stages are reached as globals (_gemm, _wout) of a per-variant namespace, not as closure cells:
     # Numba keys a closure's disk-cache entry on its cells, and a dispatcher pickles differently in every
-    # process (the driver would never load from the cache); the cells hold only RT and ACT.
+    # process (the driver would never load from the cache); the cells hold only RT, ACT and YB.
     def kern(xp, U, out, CINB, Hp, Wp, COUT, NOB, OH, OW, bias, res, has_res, alpha, beta, has_post, ps, pt,
              CK, K0, K1):
-        if ACT < 0:  # never: keeps ACT among the closure cells (a cache key per activation)
+        if ACT < 0 or YB < 0:  # never: keeps ACT and YB among the closure cells (a cache key per variant)
             return
         CINP = CINB * 16
         COUTP = NOB * COB
@@ -389,7 +409,7 @@ def winograd_kernel(RT, ACT, cache=True):
     ns = dict(globals(), _gemm=gemm, _wout=wout)
     fn = types_.FunctionType(kern.__code__, ns, kern.__name__, kern.__defaults__, kern.__closure__)
     fn.__qualname__ = kern.__qualname__
-    assert {c.cell_contents for c in fn.__closure__} == {RT, ACT}
+    assert {c.cell_contents for c in fn.__closure__} == {RT, ACT, YB}
     kern = njit(cache=cache, nogil=True, fastmath=_FASTMATH)(named("winograd_kernel", key)(fn))
     if cache:
         _KERNELS[key] = kern

@@ -465,30 +465,49 @@ def _rowvec_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
     return record.recordable(run) if N == 1 else run  # several images clear the scratch between them
 
 
-def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
+def direct_pads(g: Geometry) -> tuple[int, int, int, int]:
+    """The zero border (top, left, bottom, right) the direct kernel reads a channel-blocked input with: its
+    pads, and below them whole rows for the slack the last tile of the last row reads past the end (the
+    widest tile of the host's, so that the layout and the kernel agree whatever the tile)."""
+    H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
+    rw = max(tiles.HOST.direct_rw + tiles.HOST.direct_rw_16)
+    return PH, PW, EH + -(-(rw * SW + KW * DW) // (W + PW + EW)), EW
+
+
+def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, x_pads=None):
     """The channel-blocked direct kernel of bninfer.kernels.conv_direct for a dense (group 1) 1-D/2-D
-    convolution with constant weights, or None when it does not apply."""
+    convolution with constant weights. x_pads: the input is stored channel-blocked with this border
+    (direct_pads': a chain's value, bninfer.passes.layout), read as it is (no packing, no prologue)."""
     cin, cout = g.in_channels, g.out_channels
     H, W, KH, KW, SH, SW, DH, DW, PH, PW, EH, EW, OH, OW = _plane(g)
-    if cin >= 16:
+    blocked_x = x_pads is not None
+    if blocked_x:
+        cib = 16
+    elif cin >= 16:
         cib = 16 if cin % 16 == 0 or cin % 8 else 8
     else:
         cib = cin
     cinb = -(-cin // cib)
     cob, rw = _pick_tile(cout, OW)
     w = CD.pack_weights(np.asarray(wdata, np.float32).reshape(cout, cin, KH, KW), cinb, cib, cob)
-    if KH == KW == 1 and SH == SW == 1 and not (PH or PW or EH or EW):
+    if KH == KW == 1 and SH == SW == 1 and not (PH or PW or EH or EW) and not blocked_x:
         H, W, OH, OW = 1, H * W, 1, OH * OW  # pointwise: one long row per channel
         cob, rw = _pick_tile(cout, OW)
     Hp, Wp = H + PH + EH, W + PW + EW
-    plane = cinb * cib * Hp * Wp
     slack = rw * SW + KW * DW
-    kern = CD.direct_kernel(KH, KW, SH, SW, DH, DW, cib, cob, rw, ep.code)
+    if blocked_x:
+        extra = x_pads[2] - EH  # the rows below the pads, which hold the slack
+        if pro.has_pre or tuple(x_pads[:2]) != (PH, PW) or x_pads[3] != EW or extra * Wp < slack:
+            raise ModelError(f"the direct kernel cannot read a blocked input with the border {tuple(x_pads)}"
+                             f"{' and a prologue' if pro.has_pre else ''}")
+        Hp += extra
+    plane = cinb * cib * Hp * Wp
+    kern = CD.direct_kernel(KH, KW, SH, SW, DH, DW, cib, cob, rw, ep.code, XB=blocked_x)
     CD.compile_now(kern, CD.DIRECT_SIG)
-    padded = _PaddedInput(plane + slack)
+    padded = None if blocked_x else _PaddedInput(plane + slack)
     N = g.batch
     P = OH * OW
-    xs, ys = cin * H * W, cout * P
+    xs, ys = plane if blocked_x else cin * H * W, cout * P
     nob = -(-cout // cob)
     wblock = w.size // nob
     macs = cout * P * cin * KH * KW
@@ -497,15 +516,18 @@ def _direct_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata):
 
     def run(i, o):
         x, yf, b, res, has_res = _run_arrays(i, o, bias, ep)
-        xp = padded.get()
+        xp = x if blocked_x else padded.get()
 
-        def outside():  # x: packed before
-            return threads.owners(yf, b, res, xp) + tuple(i[1:]) + tuple(o)
+        def outside():  # x: packed before, or read as it is
+            return threads.owners(yf, b, res, xp) + tuple(i[0 if blocked_x else 1:]) + tuple(o)
         for n in range(N):
-            if n:
-                xp[:plane] = 0.0
-            pack = _pack_rows_by_channels(x[n * xs:(n + 1) * xs], xp, H, W, Hp, 1, Wp, PH, PW, pro)
-            split_copy(pack, cin, xs, pack_tables[n], i, o, x, xp)
+            if blocked_x:
+                xp = x[n * xs:(n + 1) * xs]
+            else:
+                if n:
+                    xp[:plane] = 0.0
+                pack = _pack_rows_by_channels(x[n * xs:(n + 1) * xs], xp, H, W, Hp, 1, Wp, PH, PW, pro)
+                split_copy(pack, cin, xs, pack_tables[n], i, o, x, xp)
             yn, rn = yf[n * ys:(n + 1) * ys], res[n * ys:(n + 1) * ys] if has_res else res
 
             def part(b0, b1):  # output-channel blocks [b0, b1)
@@ -757,9 +779,11 @@ def winograd_pads(g: Geometry) -> tuple[int, int, int, int]:
     return PH, PW, Hp - H - PH, Wp - W - PW
 
 
-def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, x_padded: bool = False):
+def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, x_padded: bool = False,
+                   y_blocked: bool = False):
     """x_padded: the input is stored channel-blocked with winograd_pads' zero border (a chain's value,
-    bninfer.passes.layout), the layout the kernel reads: no packing (and no prologue)."""
+    bninfer.passes.layout), the layout the kernel reads: no packing (and no prologue). y_blocked: the
+    output is stored channel-blocked, without border (and takes no residual)."""
     from ..kernels import winograd as WG
     cin, cout = g.in_channels, g.out_channels
     H, W = g.in_spatial
@@ -767,18 +791,21 @@ def _winograd_conv(g: Geometry, ep: _Epilogue, pro: _Prologue, bias, wdata, x_pa
     OH, OW = g.out_spatial
     TH, TW = -(-OH // 2), -(-OW // 2)
     Hp, Wp = H + PH + EH, W + PW + EW
-    if x_padded and pro.has_pre:
-        raise ModelError("a Winograd conv reading a padded blocked input takes no prologue")
+    if x_padded and pro.has_pre or y_blocked and ep.residual is not None:
+        raise ModelError("a Winograd conv reading a padded blocked input takes no prologue, one writing a "
+                         "blocked output no residual")
     cinb = -(-cin // 16)
     nob = -(-cout // WG.COB)
     U = WG.transform_weights(np.asarray(wdata, np.float32).reshape(cout, cin, 3, 3))
     rt, ch = _wino_plan(OH, OW)
-    kern = WG.compile_now(WG.winograd_kernel(rt, ep.code))
+    kern = WG.compile_now(WG.winograd_kernel(rt, ep.code, y_blocked))
     plane = cinb * 16 * Hp * Wp
     padded = None if x_padded else _PaddedInput(plane)
     N = g.batch
-    xs, ys = plane if x_padded else cin * H * W, cout * OH * OW
+    xs, ys = plane if x_padded else cin * H * W, (-(-cout // 16) * 16 if y_blocked else cout) * OH * OW
     alpha, beta, has_post, ps, pt = ep.alpha, float(ep.beta), ep.has_post, ep.post_scale, ep.post_shift
+    if y_blocked:  # every lane of the last block is written: its affine too
+        ps, pt = (np.concatenate([v, np.zeros(-cout % 16, np.float32)]) for v in (ps, pt))
     TT = TH * TW  # 2x2 output tiles
     macs = cout * OH * OW * cin * 4  # Winograd does 4/9 of the direct multiply-adds; counted as 4 per output
     tables = [threads.PartTables() for _ in range(N)]

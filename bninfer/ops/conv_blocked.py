@@ -16,8 +16,9 @@ from ..ir import Value
 from ..kernels import blocked as BK
 from ..kernels import conv_direct as CD
 from . import fusion
-from .conv import (_EMPTY, _Epilogue, _PaddedInput, _Prologue, _bias_of, _plane, _use_winograd, _winograd_conv,
-                   conv_geometry, split_copy, subsample_split, winograd_pads)
+from .conv import (_EMPTY, _ROWVEC_MAX_CIN, _Epilogue, _PaddedInput, _Prologue, _bias_of, _direct_conv, _plane,
+                   _use_winograd, _winograd_conv, conv_geometry, direct_pads, split_copy, subsample_split,
+                   winograd_pads)
 
 
 class Marks(NamedTuple):
@@ -36,17 +37,20 @@ def pads_of(node, ins) -> tuple[int, int, int, int]:
     return (PH, PW, EH, EW)
 
 
-def wino_pads_of(node, ins) -> tuple[int, int, int, int]:
-    """The border (top, left, bottom, right) a Winograd conv reads its input with (conv.winograd_pads)."""
-    return winograd_pads(conv_geometry(node, ins))
+def border_of(node, ins, kind: str) -> tuple[int, int, int, int]:
+    """The border (top, left, bottom, right) a "wino" or "direct" conv reads its blocked input with
+    (conv.winograd_pads, conv.direct_pads)."""
+    g = conv_geometry(node, ins)
+    return winograd_pads(g) if kind == "wino" else direct_pads(g)
 
 
 def blocked_kind(node, ins, strided: bool = False) -> str | None:
     """"pw" (1x1, stride 1, or any with `strided`, unpadded, group 1, at least PW_MIN_PIXELS output
     pixels), "dw" (depthwise, multiplier 1, rows of at least DW_MIN_WIDTH), "stem" (any other group-1
-    conv of at most STEM_MAX_CHANNELS input channels, rows of at least STEM_MIN_WIDTH) or "wino" (a 3x3
-    conv the Winograd kernel takes: it reads a blocked input with winograd_pads' border as it is, and
-    writes NCHW) for a 2-D float32
+    conv of at most STEM_MAX_CHANNELS input channels, rows of at least STEM_MIN_WIDTH), "wino" (a 3x3
+    conv the Winograd kernel takes) or "direct" (any other group-1 conv but a 1x1, the direct kernel's:
+    these two read a blocked input with the border border_of gives as it is; the direct kernel writes
+    NCHW, the Winograd one either) for a 2-D float32
     Conv with constant weights and bias, no prologue, no affine after an activation the kernels do not
     inline (INLINE_CODES) and a residual (if any) of the output's shape; None for any other node."""
     if node.op != "Conv" or len(ins) < 2 or ins[0] is None or ins[1] is None or ins[1].data is None:
@@ -81,6 +85,8 @@ def blocked_kind(node, ins, strided: bool = False) -> str | None:
         return "stem"
     if _use_winograd(g):
         return "wino"
+    if g.group == 1 and g.kernel != (1, 1) and g.in_channels > _ROWVEC_MAX_CIN:
+        return "direct"
     return None
 
 
@@ -114,11 +120,11 @@ def build(node, ins, outs, marks: Marks | None = None):
     res_pos = fusion.extra(node, "residual")
     if marks.res:
         ins[res_pos] = _logical(ins[res_pos], wshape[0], None)
-    kind = blocked_kind(node, ins, strided=marks == NCHW)
+    kind = blocked_kind(node, ins, strided=True)
     if kind is None:
         raise ModelError(f"node {node.name!r} (Conv): marked for the blocked layout but does not fit it")
-    if kind == "wino":
-        return _winograd(node, ins, marks)
+    if kind in ("wino", "direct"):
+        return _reading_blocked(node, ins, marks, kind)
     factors = fusion.extra(node, "channel_scale")
     if factors is not None and (kind != "pw" or not marks.x):
         raise ModelError(f"node {node.name!r} (Conv): input channel factors, but no blocked 1x1 conv")
@@ -141,13 +147,17 @@ def build(node, ins, outs, marks: Marks | None = None):
     else:
         part_of, macs = _depthwise(g, ep, marks.x_pads is not None, y_pads, ins[1].data, vec)
     has_res = ep.residual is not None
-    subsample = kind == "pw" and g.strides != (1, 1)  # (NCHW in: blocked_kind took the stride for it)
+    subsample = kind == "pw" and g.strides != (1, 1)
     if subsample:  # the strided input, taken into a buffer of the layer's (the caller's) each run
         H, W = g.in_spatial
         SH, SW = g.strides
-        planes = g.batch * g.in_channels
-        taken = _PaddedInput(planes * P)
+        planes = g.batch * (BK.blocks(g.in_channels) if marks.x else g.in_channels)
+        taken = _PaddedInput(planes * P * (BK.CB if marks.x else 1))
         take_tables = threads.PartTables()
+        if marks.x:
+            if marks.x_pads is not None:
+                raise ModelError(f"node {node.name!r} (Conv): a strided 1x1 conv reads a blocked input without border")
+            CD.compile_now(BK.subsample, BK.SUB_SIG)
     scratch_y = None if marks.y else _PaddedInput(g.batch * ys)
     assert scratch_y is None or ys == rs  # an NCHW output has no border of its own
     scratch_r = _PaddedInput(g.batch * rs) if has_res and not marks.res else None
@@ -169,7 +179,10 @@ def build(node, ins, outs, marks: Marks | None = None):
         x = i[0].reshape(-1)
         if subsample:
             xt = taken.get()
-            subsample_split(x, xt, planes, H, W, SH, SW, OH, OW, take_tables, i, o)
+            if marks.x:
+                _subsample_blocked(x, xt, planes, H, W, SH, SW, OH, OW, take_tables, i, o)
+            else:
+                subsample_split(x, xt, planes, H, W, SH, SW, OH, OW, take_tables, i, o)
             x = xt
         if has_res:
             r = i[ep.residual].reshape(-1)
@@ -195,16 +208,29 @@ def build(node, ins, outs, marks: Marks | None = None):
     return record.recordable(run)
 
 
-def _winograd(node, ins, marks: Marks):
-    """A Winograd conv reading its blocked input, stored with the border the kernel reads, as it is."""
+def _subsample_blocked(x, xt, blocks_: int, H: int, W: int, SH: int, SW: int, OH: int, OW: int, tables, i, o):
+    """xt (blocks_, OH, OW, 16) = x (blocks_, H, W, 16)[:, ::SH, ::SW]: conv.subsample_split's blocked
+    counterpart, split over the threads by blocks."""
+    def take(b0, b1):
+        return [(BK.subsample, (x[b0 * H * W * BK.CB:], xt[b0 * OH * OW * BK.CB:], b1 - b0, H, W, SH, SW, OH, OW))]
+    split_copy(take, blocks_, blocks_ * H * W * BK.CB, tables, i, o, x, xt)
+
+
+def _reading_blocked(node, ins, marks: Marks, kind: str):
+    """A Winograd or direct conv reading its blocked input, stored with the border the kernel reads, as it
+    is; NCHW out (Winograd: or blocked)."""
     g = conv_geometry(node, ins)
-    if not marks.x or marks.res or marks.y or tuple(marks.x_pads or (0, 0, 0, 0)) != winograd_pads(g):
-        raise ModelError(f"node {node.name!r} (Conv): a Winograd conv takes a blocked input only, with the "
-                         f"border {winograd_pads(g)}, not {marks}")
+    border = border_of(node, ins, kind)
+    if (not marks.x or marks.res or tuple(marks.x_pads or (0, 0, 0, 0)) != border
+            or marks.y and (kind != "wino" or marks.y_pads is not None)):
+        raise ModelError(f"node {node.name!r} (Conv): its kernel reads a blocked input only with the border "
+                         f"{border}, and writes NCHW (Winograd: or blocked without border), not {marks}")
     out_shape = (g.batch, g.out_channels) + g.out_spatial
+    ep, pro = _Epilogue(node, ins, out_shape, g.out_channels), _Prologue(node, ins, g.in_channels)
     bias, _ = _bias_of(node, ins, fusion.base_inputs(node), g.out_channels)
-    return _winograd_conv(g, _Epilogue(node, ins, out_shape, g.out_channels), _Prologue(node, ins, g.in_channels),
-                          bias, ins[1].data, x_padded=True)
+    if kind == "wino":
+        return _winograd_conv(g, ep, pro, bias, ins[1].data, x_padded=True, y_blocked=marks.y)
+    return _direct_conv(g, ep, pro, bias, ins[1].data, x_pads=border)
 
 
 # pixels per share when threads split a 1x1 layer over its pixels: at least a tile's (7 or 8)
