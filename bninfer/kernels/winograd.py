@@ -208,7 +208,7 @@ def out_kernel(ACT, YB=False, cache=True):
     NCHW, or with YB channel-blocked (ceil(COUT / 16), OH, OW, 16) (bninfer.kernels.blocked's layout,
     every lane written: a pixel's 16 channels one vector store; no residual; ps and pt then padded to
     whole blocks). bp / ap are the bias and Clip lower bounds padded to COUTP; Y is a scratch of 64
-    floats.""" 
+    floats."""
     key = ("out", ACT, YB)
     k = _KERNELS.get(key) if cache else None
     if k is not None:

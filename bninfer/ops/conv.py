@@ -20,9 +20,10 @@ Conv paths (batch 1 float32 single thread; ratios to onnxruntime in benchmarks/c
     rows of 24+ outputs, 16-channel blocks below;
   * any other depthwise: a direct loop kernel, prologue and epilogue fused;
   * 1x1 and depthwise convs in the chains bninfer.passes.layout marks (depthwise-separable ones, and
-    ResNet's bottlenecks around a Winograd conv, which then reads its blocked input, border included, as
-    it is): channel-blocked values in and out (bninfer.ops.conv_blocked); other 1x1 convs (stride 1, unpadded, no prologue) over
-    at most 14x14 pixels take the same blocked 1x1 kernel with NCHW in and out;
+    ResNet's bottlenecks, whose Winograd and direct convs then read their blocked input, border included,
+    as it is, and Winograd convs write blocked): channel-blocked values in and out
+    (bninfer.ops.conv_blocked); other 1x1 convs (stride 1, unpadded, no prologue) over at most 14x14
+    pixels take the same blocked 1x1 kernel with NCHW in and out;
   * 1x1, stride 1, unpadded, no prologue: the input is already the column matrix;
   * otherwise im2col (prologue applied to the gathered elements) and one batched BLAS matmul over
     (batch, group), then the epilogue in one Numba pass over the output.

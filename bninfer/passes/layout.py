@@ -73,10 +73,11 @@ def run(graph: Graph) -> Graph:
             # (a mean per channel is no image to block; direct convs write NCHW, Winograd ones with a
             # residual too)
             kind = kinds.get(node.name)
-            if kind not in (None, "gap", "direct") and not (kind == "wino" and fusion.extra(node, "residual") is not None):
+            wino_res = kind == "wino" and fusion.extra(node, "residual") is not None
+            if kind not in (None, "gap", "direct") and not wino_res:
                 y = node.outputs[0]
                 readers = graph.consumers(y)
-                border = kinds[node.name] in ("pw", "dw", "stem")  # only the conv kernels write one
+                border = kind in ("pw", "dw", "stem")  # only these conv kernels write one
                 if (y not in outputs and readers and reads_ok(y)
                         and (border or all(kinds[n.name] not in BORDERED for n in readers))):
                     found.add(y)
