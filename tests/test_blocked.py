@@ -1162,3 +1162,27 @@ def test_a_strided_stage_change_runs_blocked_through(cin, mid, cout, size, batch
     out, parts, native = _split_run(model, feeds, 2, monkeypatch)
     assert parts and native
     np.testing.assert_array_equal(out, ours[0])
+
+
+@pytest.mark.parametrize("k,dil,size", [(3, 1, (6, 6)), (5, 2, (11, 9))])
+def test_a_stride_1_conv_on_the_direct_kernel_reads_a_blocked_input(k, dil, size, monkeypatch):
+    """Convs the Winograd kernel does not take (an image too small for it, a dilated 5x5) read the 1x1
+    conv's blocked output on the direct kernel, with their pads and rows of slack below them."""
+    from bninfer.ops import conv as C
+    from bninfer.plan import Plan
+    b = Builder(8)
+    h = b.node("Relu", [b.bn(b.conv("x", 24, 40, k=1), 40)])
+    w = b.const("W", (b.rng.standard_normal((48, 40, k, k)) / np.sqrt(40 * k * k)).astype(np.float32))
+    y = b.node("Conv", [h, w], pads=[dil * (k // 2)] * 4, dilations=[dil, dil])
+    model = b.model({"x": [2, 24, *size]}, [b.conv(b.node("Relu", [y]), 48, 32, k=1)])
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 24, *size)).astype(np.float32)}
+    sess, ours = _check(model, feeds)
+    plan = next(iter(sess._plans.values()))
+    conv = next(st.node for st in plan.steps if plan.graph.values[st.node.inputs[1]].shape[2] == k)
+    m = conv.attrs["_blocked"]
+    g = C.conv_geometry(conv, [plan.graph.values[v] for v in conv.inputs[:2]])
+    assert not C._use_winograd(g) and m.x and not m.y and m.x_pads == C.direct_pads(g)
+    nchw = Plan(sess.optimized_graph(), blocked=False).run(feeds)
+    np.testing.assert_allclose(ours[0], nchw[0], rtol=1e-5, atol=1e-5 * np.abs(nchw[0]).max())
+    out, parts, native = _split_run(model, feeds, 2, monkeypatch)
+    np.testing.assert_array_equal(out, ours[0])
