@@ -146,13 +146,18 @@ def test_a_session_run_from_four_threads_at_once_keeps_each_run_to_its_own_buffe
     feeds = [{"x": randn(1, 3, 12, 12, seed=k)} for k in range(4)]
     expected = [reference.run(f)[0] for f in feeds]
     errors = []
+    # the threads start each run together: under load, runs started freely had come one after another,
+    # one arena serving them all (a failed `len(tables) >= 2` below, once under pytest -n 2)
+    together = threading.Barrier(4)
 
     def work(k):
         try:
             for _ in range(25):
+                together.wait(timeout=60)
                 np.testing.assert_array_equal(sess.run(None, feeds[k])[0], expected[k])
         except Exception as e:  # noqa: BLE001 (reported below)
             errors.append(e)
+            together.abort()
     ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for t in ts:
         t.start()
