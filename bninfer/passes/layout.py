@@ -36,19 +36,18 @@ BORDERED = ("wino", "direct")  # conv kinds that read a blocked input only with 
 
 def run(graph: Graph) -> Graph:
     """A copy of `graph` with blocked values and marked nodes; `graph` itself unchanged."""
+    def ins_of(node):
+        return [graph.values[i] if i else None for i in node.inputs]
+
     kinds = {}
     for node in graph.nodes:
-        ins = [graph.values[i] if i else None for i in node.inputs]
-        kind = blocked_kind(node, ins, strided=True) or se_kind(node, ins)
+        kind = blocked_kind(node, ins_of(node), strided=True) or se_kind(node, ins_of(node))
         if kind is not None:
             kinds[node.name] = kind
     # the input a member reads blocked: a conv's X, a GlobalAveragePool's input, a Mul's scaled value
     main = {node.name: scaled_input(node, [graph.values[i] for i in node.inputs]) if kinds[node.name] == "scale"
             else 0 for node in graph.nodes if node.name in kinds}
     outputs = set(graph.outputs)
-
-    def ins_of(node):
-        return [graph.values[i] if i else None for i in node.inputs]
 
     def reads_ok(value: str) -> bool:
         """Every reader of `value` is a member that reads it where it can read a blocked value: a conv's X
@@ -95,7 +94,8 @@ def run(graph: Graph) -> Graph:
         for name in lone:
             del kinds[name]
 
-    # chains: members linked by blocked values; keep the chains holding a depthwise conv
+    # chains: members linked by blocked values; keep the chains holding a depthwise, Winograd or direct
+    # conv (what pays for the layout)
     parent = {name: name for name in kinds}
 
     def root(name: str) -> str:
@@ -108,8 +108,8 @@ def run(graph: Graph) -> Graph:
         a = root(graph.producer(value).name)
         for node in graph.consumers(value):
             parent[root(node.name)] = a
-    with_dw = {root(name) for name, kind in kinds.items() if kind in ("dw", *BORDERED)}
-    blocked = {v for v in blocked if root(graph.producer(v).name) in with_dw}
+    paying = {root(name) for name, kind in kinds.items() if kind in ("dw", *BORDERED)}
+    blocked = {v for v in blocked if root(graph.producer(v).name) in paying}
     if not blocked:
         return graph
 
